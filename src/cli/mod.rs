@@ -1,0 +1,4 @@
+//! The `warden` command.
+pub fn main() -> i32 {
+    0
+}

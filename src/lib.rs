@@ -1,0 +1,41 @@
+//! warden: a privileged supervisor that keeps AI agents inside a boundary a
+//! human controls.
+//!
+//! A map of the components:
+//!
+//! - [`config`]: the TOML configuration, parsed strictly.
+//! - [`cgroup`]: v2, hybrid and v1 cgroups behind one trait: create, limit,
+//!   freeze, kill, verify empty.
+//! - [`spawn`]: what a child does between fork and exec (cgroup, session,
+//!   PDEATHSIG, no_new_privs, capabilities, user, rlimits, fds, environment);
+//!   the raw calls live in [`sys`], the only module with `unsafe`.
+//! - [`supervisor`]: the explicit state machine of every agent: states,
+//!   events, and the one function that decides each transition.
+//! - [`halt`]: the ladder: freeze, capture evidence, kill, thaw, verify empty.
+//! - [`evidence`]: the snapshot of a frozen tree.
+//! - [`stopfile`]: the stop file watch (inotify plus an uncached stat).
+//! - [`safemode`]: the SAFE MODE latch and the clean-shutdown marker.
+//! - [`guard`]: a small process that kills every agent if the daemon dies.
+//! - [`audit`]: the hash-chained, signed audit log.
+//! - [`control`]: the JSON-lines protocol of the control socket and its server.
+//! - [`daemon`]: wires the above into the main loop.
+//! - [`cli`]: the `warden` command, one file per verb.
+#![deny(unsafe_code)]
+
+pub mod audit;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod evidence;
+pub mod guard;
+pub mod halt;
+pub mod logs;
+pub mod safemode;
+pub mod spawn;
+pub mod stopfile;
+pub mod supervisor;
+#[allow(unsafe_code)]
+pub mod sys;
