@@ -68,12 +68,12 @@ phase() {
 # Teardown: kill the container's cgroup, remove it, remove the run directory.
 
 kill_cgroups() {
-    local cg i
+    local cg
     for cg in "${cgroups[@]}"; do
         [ -e "$cg/cgroup.kill" ] && echo 1 >"$cg/cgroup.kill" 2>/dev/null
     done
     # A v1 hierarchy has no cgroup.kill: SIGKILL every member until none is left.
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         local left=0
         for cg in "${cgroups[@]}"; do
             [ -d "$cg" ] || continue
@@ -144,8 +144,9 @@ teardown() {
 # Talking to the container.
 
 # c CMD...: run CMD inside the container (all of PID 1's namespaces), clean env.
+# No command may hang the test: 90 s, then SIGKILL.
 c() {
-    nsenter -t "$leader" -a -- /usr/bin/env -i \
+    timeout -k 5 90 nsenter -t "$leader" -a -- /usr/bin/env -i \
         PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
 }
 # cq CMD...: same, output discarded.
