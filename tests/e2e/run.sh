@@ -337,6 +337,7 @@ check1() {
     pid=$(c pgrep -o -u warden-agent)
     check "1 agent in <unit cgroup>/agents/demo" agent_cgroup_ok "$pid"
     check "1 daemon in <unit cgroup>/supervisor" daemon_cgroup_ok
+    check "1 /run/warden 0755 root:root" test "$(c stat -c '%a %U:%G' /run/warden 2>&1)" = "755 root:root"
     check "1 socket /run/warden/control.sock 0660 root:warden" test \
         "$(c stat -c '%a %U:%G' /run/warden/control.sock 2>&1)" = "660 root:warden"
     show_status
@@ -385,6 +386,10 @@ check3() {
     c systemctl stop warden.service
     log "systemctl stop returned after $(elapsed "$t")"
     check "3 every agent process gone" no_agents
+    # Result=timeout would mean systemd had to SIGKILL after TimeoutStopSec.
+    local r
+    r=$(c systemctl show -p Result -p ExecMainCode -p ExecMainStatus --value warden.service | tr '\n' ' ')
+    check "3 daemon stopped by itself, exit 0 (Result ExecMainCode ExecMainStatus: $r)" test "$r" = "success 1 0 "
     check "3 unit inactive (not failed)" is_inactive
     check "3 unit cgroup removed" test -z "$(c systemctl show -p ControlGroup --value warden.service)"
     check "3 warden status exits 3 (daemon not running)" bash -c "nsenter -t $leader -a warden status >/dev/null 2>&1; [ \$? = 3 ]"
@@ -394,6 +399,10 @@ check5() {
     phase "5: restart after a clean stop"
     local t
     is_active && c systemctl stop warden.service
+    # A short watchdog for this start: the daemon must honour WATCHDOG_USEC.
+    c mkdir -p /run/systemd/system/warden.service.d
+    c sh -c 'printf "[Service]\nWatchdogSec=3s\n" >/run/systemd/system/warden.service.d/e2e-watchdog.conf'
+    c systemctl daemon-reload
     t=$(now)
     c systemctl restart warden.service
     check "5 systemctl restart: active ($(elapsed "$t"))" is_active
@@ -404,6 +413,14 @@ check5() {
         fail "5 agents started after a clean stop"
     fi
     check "5 not in SAFE MODE" not_in_safe_mode
+    local main
+    main=$(main_pid)
+    sleep 8
+    check "5 WatchdogSec=3s: still the same daemon after 8s (WATCHDOG=1 pings)" bash -c \
+        "[ \"\$(nsenter -t $leader -a systemctl show -p MainPID --value warden)\" = $main ] &&
+         [ \"\$(nsenter -t $leader -a systemctl is-active warden)\" = active ]"
+    c rm -rf /run/systemd/system/warden.service.d
+    c systemctl daemon-reload
 }
 
 check4() {
