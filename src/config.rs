@@ -79,16 +79,20 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit such as 512M or 2G"))?;
+    let num: f64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional unit such as 512M or 2G")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (use K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use K, M, G or T)"
+            ))
+        }
     };
     let v = num * mult as f64;
     if !v.is_finite() || v < 1.0 {
@@ -104,9 +108,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (use e.g. \"5s\", \"250ms\", \"2m\")")))
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (use e.g. \"5s\", \"250ms\", \"2m\")"
+            ))
+        })
     }
 }
 
@@ -333,11 +339,17 @@ impl Config {
             ("cgroup_mount", &self.cgroup_mount),
         ] {
             if !p.is_absolute() {
-                return Err(top(key, format!("must be an absolute path, got {}", p.display())));
+                return Err(top(
+                    key,
+                    format!("must be an absolute path, got {}", p.display()),
+                ));
             }
         }
         if self.stop_file.parent().is_none() || self.stop_file.file_name().is_none() {
-            return Err(top("stop_file", "must name a file inside a directory".into()));
+            return Err(top(
+                "stop_file",
+                "must name a file inside a directory".into(),
+            ));
         }
         if self.cgroup_root != "auto"
             && (!self.cgroup_root.starts_with('/')
@@ -346,14 +358,20 @@ impl Config {
         {
             return Err(top(
                 "cgroup_root",
-                format!("must be \"auto\" or an absolute cgroup path other than /, got {:?}", self.cgroup_root),
+                format!(
+                    "must be \"auto\" or an absolute cgroup path other than /, got {:?}",
+                    self.cgroup_root
+                ),
             ));
         }
         if self.crash_loop.exits == 0 {
             return Err(top("exits", "crash_loop.exits must be at least 1".into()));
         }
         if self.restart_backoff.0 > self.restart_backoff_max.0 {
-            return Err(top("restart_backoff", "must not exceed restart_backoff_max".into()));
+            return Err(top(
+                "restart_backoff",
+                "must not exceed restart_backoff_max".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for a in &self.agents {
@@ -361,15 +379,25 @@ impl Config {
             if !valid_agent_name(name) {
                 return Err(invalid(
                     a.name.span(),
-                    format!("agent name {name:?} is invalid: use 1 to 32 characters from [a-z0-9-]"),
+                    format!(
+                        "agent name {name:?} is invalid: use 1 to 32 characters from [a-z0-9-]"
+                    ),
                 ));
             }
             if !seen.insert(name.clone()) {
-                return Err(invalid(a.name.span(), format!("duplicate agent name {name:?}")));
+                return Err(invalid(
+                    a.name.span(),
+                    format!("duplicate agent name {name:?}"),
+                ));
             }
             let cmd = a.command.get_ref();
             match cmd.first() {
-                None => return Err(invalid(a.command.span(), format!("agent {name}: command is empty"))),
+                None => {
+                    return Err(invalid(
+                        a.command.span(),
+                        format!("agent {name}: command is empty"),
+                    ))
+                }
                 Some(p) if !p.starts_with('/') => {
                     return Err(invalid(
                         a.command.span(),
@@ -379,7 +407,10 @@ impl Config {
                 _ => {}
             }
             if cmd.iter().any(|s| s.contains('\0')) {
-                return Err(invalid(a.command.span(), format!("agent {name}: command contains a NUL byte")));
+                return Err(invalid(
+                    a.command.span(),
+                    format!("agent {name}: command contains a NUL byte"),
+                ));
             }
             let user = a.user.get_ref();
             if (user == "root" || user == "0") && !a.allow_root {
@@ -390,34 +421,57 @@ impl Config {
             }
             if let Some(cpu) = a.cpu_max {
                 if !(cpu.is_finite() && cpu > 0.0 && cpu <= 4096.0) {
-                    return Err(invalid(a.name.span(), format!("agent {name}: cpu_max must be a positive number of cores, got {cpu}")));
+                    return Err(invalid(
+                        a.name.span(),
+                        format!(
+                            "agent {name}: cpu_max must be a positive number of cores, got {cpu}"
+                        ),
+                    ));
                 }
             }
             if a.pids_max == Some(0) {
-                return Err(invalid(a.name.span(), format!("agent {name}: pids_max must be at least 1")));
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: pids_max must be at least 1"),
+                ));
             }
             if let Some(m) = &a.memory_max {
                 if m.0 < 1 << 20 {
-                    return Err(invalid(a.name.span(), format!("agent {name}: memory_max must be at least 1M")));
+                    return Err(invalid(
+                        a.name.span(),
+                        format!("agent {name}: memory_max must be at least 1M"),
+                    ));
                 }
             }
             if let Some(u) = &a.umask {
                 if u32::from_str_radix(u, 8).map(|v| v > 0o777).unwrap_or(true) {
-                    return Err(invalid(a.name.span(), format!("agent {name}: umask {u:?} is not an octal mode like \"027\"")));
+                    return Err(invalid(
+                        a.name.span(),
+                        format!("agent {name}: umask {u:?} is not an octal mode like \"027\""),
+                    ));
                 }
             }
             if let Some(c) = &a.cwd {
                 if !c.is_absolute() {
-                    return Err(invalid(a.name.span(), format!("agent {name}: cwd must be an absolute path")));
+                    return Err(invalid(
+                        a.name.span(),
+                        format!("agent {name}: cwd must be an absolute path"),
+                    ));
                 }
             }
             for k in a.env.keys() {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    return Err(invalid(a.name.span(), format!("agent {name}: invalid environment variable name {k:?}")));
+                    return Err(invalid(
+                        a.name.span(),
+                        format!("agent {name}: invalid environment variable name {k:?}"),
+                    ));
                 }
             }
             if a.env.values().any(|v| v.contains('\0')) {
-                return Err(invalid(a.name.span(), format!("agent {name}: environment value contains a NUL byte")));
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: environment value contains a NUL byte"),
+                ));
             }
         }
         Ok(())
@@ -551,10 +605,14 @@ restart    = "on-failure"
     #[test]
     fn bad_values_name_line() {
         let e = err("grace = \"soon\"\n");
-        assert!(e.contains("line 1") && e.contains("invalid duration"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("invalid duration"),
+            "{e}"
+        );
         let e = err("\n[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nmemory_max = \"2X\"\n");
         assert!(e.contains("line 5") && e.contains("unknown unit"), "{e}");
-        let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nrestart = \"sometimes\"\n");
+        let e =
+            err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nrestart = \"sometimes\"\n");
         assert!(e.contains("line 4") && e.contains("sometimes"), "{e}");
         let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\npids_max = -1\n");
         assert!(e.contains("line 4"), "{e}");
@@ -563,10 +621,16 @@ restart    = "on-failure"
     #[test]
     fn duplicate_and_bad_names() {
         let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\n[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\n");
-        assert!(e.contains("duplicate agent name") && e.contains("line 5"), "{e}");
+        assert!(
+            e.contains("duplicate agent name") && e.contains("line 5"),
+            "{e}"
+        );
         let e = err("[[agent]]\nname = \"Bad_Name\"\ncommand = [\"/bin/true\"]\n");
         assert!(e.contains("line 2") && e.contains("invalid"), "{e}");
-        let e = err(&format!("[[agent]]\nname = \"{}\"\ncommand = [\"/bin/true\"]\n", "a".repeat(33)));
+        let e = err(&format!(
+            "[[agent]]\nname = \"{}\"\ncommand = [\"/bin/true\"]\n",
+            "a".repeat(33)
+        ));
         assert!(e.contains("invalid"), "{e}");
     }
 

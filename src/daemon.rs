@@ -1,1 +1,1352 @@
-//! TODO
+//! The daemon: start-up checks, then one loop that owns all state.
+//!
+//! Start-up, in order: capabilities, directories, the instance lock, the
+//! running marker (an unclean end means SAFE MODE), the audit log, cgroups,
+//! leftover agents from an earlier run (frozen, killed, recorded), the guard,
+//! the stop file watch, the control socket. Then the loop: every turn checks
+//! the stop file with an uncached `lstat`, and waits for inotify, signals,
+//! commands and timers. Hard halts run inline in the loop: nothing else is
+//! more urgent.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::audit::{self, Audit, Safety};
+use crate::cgroup::{self, Cgroup, Layout, Limits, Manager};
+use crate::config::{AgentConfig, Config, Unenforced};
+use crate::control::server::{self, Command};
+use crate::control::{ErrorKind, Request, Response};
+use crate::guard::Guard;
+use crate::halt::{self, Member};
+use crate::logs::AgentLog;
+use crate::safemode::{self, Latch};
+use crate::stopfile::StopFile;
+use crate::supervisor::{self, Action, Event, ExitStatus, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("warden daemon must run as root with CAP_SYS_ADMIN, CAP_KILL, CAP_SETUID and CAP_SETGID (missing {0})")]
+    NotPrivileged(String),
+    #[error("another warden daemon is already running with state directory {dir} (lock {lock} held{pid})")]
+    AlreadyRunning {
+        dir: PathBuf,
+        lock: PathBuf,
+        pid: String,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    StopFile(#[from] crate::stopfile::StopFileError),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_owned();
+    move |source| DaemonError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How the daemon was started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The config file, for messages and the audit.
+    pub config_path: PathBuf,
+    /// Print each halt's report on stdout (the demo).
+    pub print_reports: bool,
+    /// Exit after the first hard halt (the demo).
+    pub exit_after_halt: bool,
+}
+
+/// The daemon's overall state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    Running,
+    /// After a hard halt or an unclean end; only a human clears it.
+    Safe(Latch),
+    /// SIGTERM seen: stopping every agent, then exiting.
+    ShuttingDown,
+}
+
+struct Slot {
+    cfg: AgentConfig,
+    sm: supervisor::Agent,
+    cgroup: Option<Box<dyn Cgroup>>,
+    log: AgentLog,
+    /// Limits asked for that the host cannot enforce (started with `warn`).
+    unenforced: Vec<&'static str>,
+    wake: Option<Instant>,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    opts: Options,
+    cg: Manager,
+    audit: Audit,
+    stop: StopFile,
+    slots: BTreeMap<String, Slot>,
+    mode: Mode,
+    last_halt: Option<halt::Report>,
+    guard: Option<Guard>,
+    started: Instant,
+    /// Held for the daemon's lifetime: one instance per state directory.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    /// A halt whose cgroup did not empty: retried on every tick.
+    pending_survivors: bool,
+    /// Set when the loop should end (demo after a halt).
+    exit_requested: bool,
+}
+
+fn required_caps() -> Result<(), DaemonError> {
+    use caps::{CapSet, Capability};
+    let need = [
+        Capability::CAP_SYS_ADMIN,
+        Capability::CAP_KILL,
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+    ];
+    let missing: Vec<String> = need
+        .iter()
+        .filter(|c| !caps::has_cap(None, CapSet::Effective, **c).unwrap_or(false))
+        .map(|c| c.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::NotPrivileged(missing.join(", ")))
+    }
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !path.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(io_err("cannot create directory", path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err("cannot set mode of", path))?;
+    }
+    Ok(())
+}
+
+fn lock(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let path = cfg.lock_path();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("cannot open lock file", &path))?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut l) => {
+            let _ = l.set_len(0);
+            let _ = l.rewind();
+            let _ = writeln!(*l, "{}", std::process::id());
+            Ok(l)
+        }
+        Err((mut f, _)) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            Err(DaemonError::AlreadyRunning {
+                dir: cfg.state_dir.clone(),
+                lock: path,
+                pid: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by pid {pid}")
+                },
+            })
+        }
+    }
+}
+
+fn limits_of(a: &AgentConfig) -> Limits {
+    Limits {
+        memory_max: a.memory_max.map(|b| b.0),
+        pids_max: a.pids_max,
+        cpu_max: a.cpu_max,
+    }
+}
+
+fn policy_of(cfg: &Config, a: &AgentConfig) -> supervisor::Policy {
+    supervisor::Policy {
+        restart: a.restart,
+        backoff: cfg.restart_backoff.0,
+        backoff_max: cfg.restart_backoff_max.0,
+        crash_exits: cfg.crash_loop.exits,
+        crash_window: cfg.crash_loop.window.0,
+        grace: cfg.grace.0,
+    }
+}
+
+fn ev(kind: &str, agent: Option<&str>, uid: Option<u32>, data: serde_json::Value) -> audit::Event {
+    audit::Event {
+        kind: kind.into(),
+        agent: agent.map(str::to_string),
+        uid,
+        data,
+    }
+}
+
+impl Daemon {
+    /// Everything before the loop. Fails with a clear error, having started nothing.
+    pub fn start(cfg: Config, opts: Options) -> Result<Daemon, DaemonError> {
+        required_caps()?;
+        make_dir(&cfg.state_dir, 0o700)?;
+        make_dir(&cfg.log_dir, 0o750)?;
+        make_dir(&cfg.log_dir.join("agents"), 0o750)?;
+        let lock = lock(&cfg)?;
+        let marker = cfg.clean_marker_path();
+        let unclean = safemode::mark_running(&marker).map_err(io_err("cannot write", &marker))?;
+        let audit = Audit::open(&cfg.state_dir, &cfg.log_dir)?;
+        let config_hash = std::fs::read(&opts.config_path)
+            .map(|b| {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(b))
+            })
+            .unwrap_or_default();
+        audit.record(ev(
+            "daemon_start",
+            None,
+            Some(nix::unistd::getuid().as_raw()),
+            json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
+                   "config": opts.config_path, "config_sha256": config_hash,
+                   "agents": cfg.agents.iter().map(|a| a.name()).collect::<Vec<_>>()}),
+        ))?;
+        for a in cfg.agents.iter().filter(|a| a.allow_root) {
+            audit.record(ev(
+                "allow_root",
+                Some(a.name()),
+                None,
+                json!({"user": a.user.get_ref()}),
+            ))?;
+        }
+
+        let cg = Manager::detect(&cfg.cgroup_mount, &cfg.cgroup_root)?;
+        cg.setup()?;
+        tracing::info!(layout = ?cg.layout(), root = cg.root(), "cgroups ready");
+
+        let stop = StopFile::new(&cfg.stop_file)?;
+        let mut slots = BTreeMap::new();
+        for a in &cfg.agents {
+            slots.insert(
+                a.name().to_string(),
+                Slot {
+                    cfg: a.clone(),
+                    sm: supervisor::Agent::new(policy_of(&cfg, a)),
+                    cgroup: None,
+                    log: AgentLog::new(&cfg.log_dir, a.name()),
+                    unenforced: Vec::new(),
+                    wake: None,
+                },
+            );
+        }
+        let mut d = Daemon {
+            mode: Mode::Running,
+            cg,
+            audit,
+            stop,
+            slots,
+            last_halt: None,
+            guard: None,
+            started: Instant::now(),
+            _lock: lock,
+            pending_survivors: false,
+            exit_requested: false,
+            opts,
+            cfg,
+        };
+
+        // Leftovers of an earlier run come down before anything else.
+        let leftovers = d.cg.existing_agents()?;
+        if !leftovers.is_empty() {
+            d.kill_leftovers(&leftovers);
+        }
+        if let Some(l) = safemode::get(&d.cfg.latch_path()) {
+            d.mode = Mode::Safe(l);
+        } else if unclean || !leftovers.is_empty() {
+            let reason = if unclean {
+                "the previous daemon did not end cleanly (killed, crashed or power lost)"
+                    .to_string()
+            } else {
+                format!(
+                    "agent cgroups of an earlier run were found: {}",
+                    leftovers.join(", ")
+                )
+            };
+            let l = Latch::new("unclean_end", &reason, None, None);
+            safemode::set(&d.cfg.latch_path(), &l)
+                .map_err(io_err("cannot write", &d.cfg.latch_path()))?;
+            d.audit.record_safety(
+                ev(
+                    "safe_mode_entered",
+                    None,
+                    None,
+                    json!({"trigger": "unclean_end", "reason": reason}),
+                ),
+                d.safety("safe_mode_entered", &reason),
+            )?;
+            d.mode = Mode::Safe(l);
+        }
+        if let Mode::Safe(l) = &d.mode {
+            tracing::warn!(
+                "SAFE MODE: {} ({}); agents stay down until `warden resume`",
+                l.reason,
+                l.trigger
+            );
+            for s in d.slots.values_mut() {
+                s.sm.state = State::Halted;
+            }
+        }
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map_err(io_err("cannot read", Path::new("/proc/self/exe")))?;
+        d.guard = Some(
+            Guard::spawn(&exe, &d.cfg.cgroup_mount, d.cg.root(), &d.cfg.latch_path())
+                .map_err(io_err("cannot start guard", &exe))?,
+        );
+        Ok(d)
+    }
+
+    fn safety(&self, event: &str, reason: &str) -> Safety {
+        Safety {
+            event: event.into(),
+            reason: reason.into(),
+            autonomy_state: match &self.mode {
+                Mode::Running => "running",
+                Mode::Safe(_) => "halted",
+                Mode::ShuttingDown => "stopping",
+            }
+            .into(),
+            governance_state: "supervised".into(),
+            human_notified: true,
+        }
+    }
+
+    fn kill_leftovers(&mut self, names: &[String]) {
+        let cgs: Vec<(String, Box<dyn Cgroup>)> = names
+            .iter()
+            .map(|n| (n.clone(), self.cg.agent(n)))
+            .collect();
+        let members: Vec<Member<'_>> = cgs
+            .iter()
+            .map(|(n, c)| Member {
+                name: n.clone(),
+                cgroup: c.as_ref(),
+                log_tail: String::new(),
+            })
+            .collect();
+        let agents = self.cg.agents();
+        let (report, evidence) = halt::run(
+            agents.as_ref(),
+            &members,
+            "startup",
+            "leftover agent cgroups from an earlier run",
+            true,
+            Instant::now(),
+            self.cfg.empty_deadline.0,
+        );
+        for (_, c) in &cgs {
+            if let Err(e) = c.remove() {
+                tracing::warn!("{e}");
+            }
+        }
+        tracing::warn!(
+            "killed {} leftover processes of earlier agents {:?}",
+            report.processes,
+            names
+        );
+        self.seal_halt(&report, &evidence, None);
+    }
+
+    /// Stores evidence, audits the halt with its timings, signs a checkpoint.
+    fn seal_halt(
+        &mut self,
+        report: &halt::Report,
+        evidence: &crate::evidence::Evidence,
+        uid: Option<u32>,
+    ) {
+        let value = serde_json::to_value(evidence).unwrap_or_default();
+        let evidence_id = match self.audit.store_evidence(&report.id, &value) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!("cannot store evidence of halt {}: {e}", report.id);
+                None
+            }
+        };
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(
+                serde_json::to_vec(&value).unwrap_or_default(),
+            ))
+        };
+        let data = json!({
+            "halt_id": report.id, "evidence_id": evidence_id, "evidence_sha256": sha,
+            "trigger": report.trigger, "reason": report.reason, "hard": report.hard,
+            "timings_us": report.timings, "processes": report.processes,
+            "survivors": report.survivors, "agents": report.agents, "errors": report.errors,
+        });
+        let event = if report.hard {
+            "safety_halt"
+        } else {
+            "orderly_stop"
+        };
+        let r = self.audit.record_safety(
+            ev("halt", None, uid, data),
+            self.safety(event, &report.reason),
+        );
+        if let Err(e) = r.and_then(|_| self.audit.checkpoint()) {
+            tracing::error!("cannot audit halt {}: {e}", report.id);
+        }
+    }
+
+    /// The main loop. Returns the exit code.
+    pub fn run(mut self) -> i32 {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cannot start runtime: {e}");
+                return 1;
+            }
+        };
+        rt.block_on(async move { self.main_loop().await })
+    }
+
+    async fn main_loop(&mut self) -> i32 {
+        let listener = match server::bind(&self.cfg.socket, &self.cfg.socket_group)
+            .and_then(tokio::net::UnixListener::from_std)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(
+                    "cannot bind control socket {}: {e}",
+                    self.cfg.socket.display()
+                );
+                self.hard_halt(
+                    "startup",
+                    &format!("control socket unavailable: {e}"),
+                    None,
+                    Instant::now(),
+                );
+                return 1;
+            }
+        };
+        let (tx, mut cmds) = mpsc::channel::<Command>(64);
+        tokio::spawn(server::serve(listener, tx));
+        let stop_fd: OwnedFd = match self.stop.inotify_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!("cannot watch stop file: {e}");
+                return 1;
+            }
+        };
+        let stop_async = match crate::sys::async_readable(stop_fd) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cannot watch stop file: {e}");
+                return 1;
+            }
+        };
+        let (mut sigterm, mut sigint, mut sigchld, mut sighup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::child()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return 1;
+            }
+        };
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        self.notify_status();
+        tracing::info!(
+            "warden running: {} agents, stop file {}, socket {}",
+            self.slots.len(),
+            self.cfg.stop_file.display(),
+            self.cfg.socket.display()
+        );
+        if self.mode == Mode::Running && !self.stop.present() {
+            let names: Vec<String> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.cfg.autostart)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in names {
+                self.dispatch(&n, Event::Start);
+            }
+        }
+
+        enum Wake {
+            StopFile,
+            Term,
+            Int,
+            Child,
+            Hup,
+            Cmd(Option<Command>),
+            Timer,
+        }
+        loop {
+            // Uncached check on every turn, whatever woke us.
+            if self.stop.present() {
+                self.on_stop_file(Instant::now());
+            }
+            if self.exit_requested {
+                break;
+            }
+            if self.mode == Mode::ShuttingDown && self.all_down() {
+                break;
+            }
+            let next = self.next_wake();
+            let wake = tokio::select! {
+                biased;
+                r = stop_async.readable() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    Wake::StopFile
+                }
+                _ = sigint.recv() => Wake::Int,
+                _ = sigterm.recv() => Wake::Term,
+                _ = sigchld.recv() => Wake::Child,
+                _ = sighup.recv() => Wake::Hup,
+                c = cmds.recv() => Wake::Cmd(c),
+                _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::StopFile => {
+                    if self.stop.on_readable() {
+                        self.on_stop_file(now);
+                    }
+                }
+                Wake::Int => self.hard_halt("signal", "SIGINT received", None, now),
+                Wake::Term => {
+                    if self.mode == Mode::ShuttingDown {
+                        self.hard_halt("signal", "second SIGTERM during orderly stop", None, now);
+                        break;
+                    }
+                    self.begin_shutdown();
+                }
+                Wake::Child => self.reap(now),
+                Wake::Hup => {
+                    tracing::info!("SIGHUP ignored: restart the daemon to load a new configuration")
+                }
+                Wake::Cmd(Some(c)) => self.command(c, now),
+                Wake::Cmd(None) => {}
+                Wake::Timer => self.tick(now),
+            }
+        }
+        self.finish();
+        0
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(1);
+        for s in self.slots.values() {
+            if let Some(w) = s.wake {
+                next = next.min(w);
+            }
+            if matches!(s.sm.state, State::Stopping { .. }) {
+                next = next.min(now + Duration::from_millis(20));
+            }
+        }
+        next.max(now)
+    }
+
+    fn all_down(&self) -> bool {
+        self.slots.values().all(|s| {
+            matches!(
+                s.sm.state,
+                State::Stopped | State::Failed { .. } | State::Halted
+            )
+        })
+    }
+
+    fn notify_status(&self) {
+        let text = match &self.mode {
+            Mode::Running => {
+                let running = self
+                    .slots
+                    .values()
+                    .filter(|s| matches!(s.sm.state, State::Running { .. }))
+                    .count();
+                format!("running: {running}/{} agents", self.slots.len())
+            }
+            Mode::Safe(l) => format!("SAFE MODE: {}", l.reason),
+            Mode::ShuttingDown => "stopping agents".to_string(),
+        };
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&text)]);
+    }
+
+    fn on_stop_file(&mut self, t0: Instant) {
+        // Already down and latched: nothing to do unless something runs.
+        let populated = self.cg.agents().populated().unwrap_or(true);
+        if matches!(self.mode, Mode::Safe(_)) && !populated && self.all_down() {
+            return;
+        }
+        let reason = format!("stop file {} present", self.cfg.stop_file.display());
+        self.hard_halt("stop_file", &reason, None, t0);
+    }
+
+    /// Freeze, evidence, kill, verify empty for every agent; then SAFE MODE.
+    pub fn hard_halt(&mut self, trigger: &str, reason: &str, uid: Option<u32>, t0: Instant) {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        let scope = self.cg.agents();
+        let members: Vec<Member<'_>> = self
+            .slots
+            .iter()
+            .filter_map(|(n, s)| {
+                s.cgroup.as_ref().map(|c| Member {
+                    name: n.clone(),
+                    cgroup: c.as_ref(),
+                    log_tail: s.log.tail_text(),
+                })
+            })
+            .collect();
+        let (report, evidence) = halt::run(
+            scope.as_ref(),
+            &members,
+            trigger,
+            reason,
+            true,
+            t0,
+            self.cfg.empty_deadline.0,
+        );
+        drop(members);
+        // Latch first: from here on a crash still comes back halted.
+        let latch = Latch::new(trigger, reason, Some(report.id.clone()), uid);
+        if let Err(e) = safemode::set(&self.cfg.latch_path(), &latch) {
+            tracing::error!(
+                "cannot write SAFE MODE latch {}: {e}",
+                self.cfg.latch_path().display()
+            );
+        }
+        let was_shutting_down = self.mode == Mode::ShuttingDown;
+        self.mode = Mode::Safe(latch);
+        let now = Instant::now();
+        for n in &names {
+            let s = self.slots.get_mut(n).expect("slot");
+            if let Some(pid) = s.sm.state.pid() {
+                reap_pid(pid, true);
+            }
+            s.sm.handle(Event::Halted, now);
+            s.wake = None;
+            if let Some(c) = s.cgroup.take() {
+                if let Err(e) = c.remove() {
+                    tracing::warn!("{e}");
+                    s.cgroup = Some(c);
+                }
+            }
+            s.log.note(&format!("hard halt {}: {}", report.id, reason));
+        }
+        self.pending_survivors = !report.complete();
+        self.print_report(&report);
+        tracing::warn!(
+            "hard halt {} ({trigger}: {reason}): {} processes, frozen {} us, killed {} us, empty {} us, survivors {:?}",
+            report.id,
+            report.processes,
+            report.timings.frozen_us,
+            report.timings.killed_us,
+            report.timings.empty_us,
+            report.survivors
+        );
+        self.seal_halt(&report, &evidence, uid);
+        self.last_halt = Some(report);
+        self.notify_status();
+        if self.opts.exit_after_halt || was_shutting_down {
+            self.exit_requested = true;
+        }
+    }
+
+    fn print_report(&self, r: &halt::Report) {
+        if !self.opts.print_reports {
+            return;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        println!("\n=== HALT {} ===", r.id);
+        println!("trigger   : {} ({})", r.trigger, r.reason);
+        println!("agents    : {}", r.agents.join(", "));
+        println!("processes : {} captured while frozen", r.processes);
+        println!(
+            "frozen    : {:>8.2} ms after the trigger (freeze requested at {:.2} ms)",
+            ms(r.timings.frozen_us),
+            ms(r.timings.freeze_requested_us)
+        );
+        println!("evidence  : {:>8.2} ms", ms(r.timings.evidence_us));
+        println!("killed    : {:>8.2} ms", ms(r.timings.killed_us));
+        println!("empty     : {:>8.2} ms", ms(r.timings.empty_us));
+        println!(
+            "survivors : {}",
+            if r.survivors.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{:?}", r.survivors)
+            }
+        );
+        for e in &r.errors {
+            println!("note      : {e}");
+        }
+        println!("SAFE MODE latched: agents stay down until `warden resume --reason ...`");
+    }
+
+    fn begin_shutdown(&mut self) {
+        tracing::info!("SIGTERM: orderly stop of every agent, then exit");
+        let _ = self.audit.record(ev(
+            "shutdown_requested",
+            None,
+            None,
+            json!({"signal": "SIGTERM"}),
+        ));
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let was_safe = matches!(self.mode, Mode::Safe(_));
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        if !was_safe {
+            self.mode = Mode::ShuttingDown;
+        } else {
+            // Nothing runs in SAFE MODE; leave the latch as it is.
+            self.exit_requested = true;
+        }
+        for n in names {
+            self.dispatch(&n, Event::Stop);
+        }
+        self.notify_status();
+    }
+
+    fn finish(&mut self) {
+        // Anything still up (a failed kill, a demo exit) comes down now.
+        if self.cg.agents().populated().unwrap_or(false) {
+            let t0 = Instant::now();
+            let scope = self.cg.agents();
+            let (report, evidence) = halt::run(
+                scope.as_ref(),
+                &[],
+                "exit",
+                "daemon exiting",
+                true,
+                t0,
+                self.cfg.empty_deadline.0,
+            );
+            self.seal_halt(&report, &evidence, None);
+        }
+        for s in self.slots.values_mut() {
+            if let Some(c) = s.cgroup.take() {
+                let _ = c.remove();
+            }
+        }
+        for n in self.cg.existing_agents().unwrap_or_default() {
+            let _ = self.cg.agent(&n).remove();
+        }
+        let _ = self.cg.teardown();
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        let _ = self
+            .audit
+            .record(ev("daemon_exit", None, None, json!({"clean": true})));
+        let _ = self.audit.checkpoint();
+        if let Err(e) = safemode::mark_clean_exit(&self.cfg.clean_marker_path()) {
+            tracing::error!("cannot mark clean exit: {e}");
+        }
+        if let Some(g) = self.guard.take() {
+            g.finish_clean();
+        }
+        tracing::info!("warden exited cleanly");
+    }
+
+    /// Feeds an event to one agent's state machine and carries out its actions.
+    fn dispatch(&mut self, name: &str, event: Event) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let before = slot.sm.state.name();
+        let actions = slot.sm.handle(event, now);
+        slot.wake = None;
+        for a in actions {
+            match a {
+                Action::Spawn => self.spawn(name),
+                Action::Term => {
+                    let slot = &self.slots[name];
+                    if let Some(c) = &slot.cgroup {
+                        let n = halt::term(c.as_ref(), slot.sm.state.pid());
+                        slot.log.note(&format!("SIGTERM sent to {n} processes"));
+                    }
+                }
+                Action::KillLadder => self.kill_one(name, "orderly", "grace period over"),
+                Action::ReapLeftovers => self.reap_leftovers(name),
+                Action::WakeAt(t) => {
+                    if let Some(s) = self.slots.get_mut(name) {
+                        s.wake = Some(t);
+                    }
+                }
+                Action::Note(n) => {
+                    let _ =
+                        self.audit
+                            .record(ev("agent_note", Some(name), None, json!({"note": n})));
+                    if let Some(s) = self.slots.get(name) {
+                        s.log.note(&n);
+                    }
+                }
+            }
+        }
+        let after = self.slots[name].sm.state.name();
+        if before != after {
+            tracing::info!(agent = name, "{before} -> {after}");
+            self.notify_status();
+        }
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let refuse = match &self.mode {
+            Mode::Safe(l) => Some(format!("SAFE MODE ({})", l.reason)),
+            Mode::ShuttingDown => Some("daemon is shutting down".into()),
+            Mode::Running if self.stop.present() => Some("stop file present".into()),
+            Mode::Running => None,
+        };
+        if let Some(why) = refuse {
+            let s = self.slots.get_mut(name).expect("slot");
+            s.sm.state = State::Halted;
+            tracing::warn!(agent = name, "not started: {why}");
+            return;
+        }
+        let result = self.try_spawn(name);
+        let now = Instant::now();
+        let s = self.slots.get_mut(name).expect("slot");
+        match result {
+            Ok((pid, out, err)) => {
+                s.sm.handle(Event::Spawned { pid }, now);
+                s.log.note(&format!("started pid {pid}"));
+                tokio::spawn(s.log.clone().drain(out));
+                tokio::spawn(s.log.clone().drain(err));
+                let data = json!({"pid": pid, "cgroup": s.cgroup.as_ref().map(|c| c.path().to_string()),
+                                  "restarts": s.sm.restarts, "unenforced_limits": s.unenforced,
+                                  "command": s.cfg.command.get_ref(), "user": s.cfg.user.get_ref()});
+                let kind = if s.sm.restarts > 0 {
+                    "agent_restart"
+                } else {
+                    "agent_start"
+                };
+                if let Err(e) = self.audit.record(ev(kind, Some(name), None, data)) {
+                    self.audit_failed(&e.to_string());
+                }
+            }
+            Err(reason) => {
+                tracing::error!(agent = name, "cannot start: {reason}");
+                s.log.note(&format!("cannot start: {reason}"));
+                if let Some(c) = s.cgroup.take() {
+                    let _ = c.remove();
+                }
+                self.dispatch(name, Event::SpawnFailed { reason });
+            }
+        }
+    }
+
+    fn try_spawn(&mut self, name: &str) -> Result<(i32, OwnedFd, OwnedFd), String> {
+        let policy = self.cfg.unenforced_limits;
+        let s = self.slots.get_mut(name).expect("slot");
+        let limits = limits_of(&s.cfg);
+        let missing = self.cg.unenforceable(&limits);
+        if !missing.is_empty() {
+            match s.cfg.unenforced(policy) {
+                Unenforced::Refuse => {
+                    return Err(format!(
+                        "this host cannot enforce {} (set unenforced_limits = \"warn\" to run without them)",
+                        missing.join(", ")
+                    ))
+                }
+                Unenforced::Warn => {
+                    tracing::warn!(agent = name, "running without {}: the host cannot enforce them", missing.join(", "));
+                }
+            }
+        }
+        s.unenforced = missing;
+        // A cgroup left from the last run of this agent must be empty first.
+        let existing = self.cg.agent(name);
+        if existing.populated().unwrap_or(false) {
+            existing.kill().map_err(|e| e.to_string())?;
+            let _ = existing.thaw();
+            halt::wait_until(existing.as_ref(), self.cfg.empty_deadline.0, |c| {
+                !c.populated().unwrap_or(true)
+            });
+        }
+        let cg = self
+            .cg
+            .create_agent(name, &limits)
+            .map_err(|e| e.to_string())?;
+        let started = crate::spawn::start(&s.cfg, cg.as_ref());
+        s.cgroup = Some(cg);
+        let st = started.map_err(|e| e.to_string())?;
+        Ok((st.pid, st.stdout, st.stderr))
+    }
+
+    /// The ladder on one agent (orderly stop after grace, operator kill).
+    fn kill_one(&mut self, name: &str, trigger: &str, reason: &str) {
+        let Some(s) = self.slots.get(name) else {
+            return;
+        };
+        let Some(cg) = s.cgroup.as_ref() else {
+            self.dispatch(name, Event::Empty);
+            return;
+        };
+        let members = [Member {
+            name: name.to_string(),
+            cgroup: cg.as_ref(),
+            log_tail: s.log.tail_text(),
+        }];
+        let (report, evidence) = halt::run(
+            cg.as_ref(),
+            &members,
+            trigger,
+            reason,
+            false,
+            Instant::now(),
+            self.cfg.empty_deadline.0,
+        );
+        let pid = s.sm.state.pid();
+        if let Some(p) = pid {
+            reap_pid(p, true);
+        }
+        s.log.note(&format!(
+            "killed after grace: {} processes, empty after {} us",
+            report.processes, report.timings.empty_us
+        ));
+        self.seal_halt(&report, &evidence, None);
+        if report.complete() {
+            self.remove_cgroup(name);
+            self.dispatch(name, Event::Empty);
+        } else {
+            self.pending_survivors = true;
+        }
+    }
+
+    fn remove_cgroup(&mut self, name: &str) {
+        if let Some(s) = self.slots.get_mut(name) {
+            if let Some(c) = s.cgroup.take() {
+                if let Err(e) = c.remove() {
+                    tracing::warn!("{e}");
+                    s.cgroup = Some(c);
+                }
+            }
+        }
+    }
+
+    fn reap_leftovers(&mut self, name: &str) {
+        let Some(s) = self.slots.get(name) else {
+            return;
+        };
+        let Some(cg) = s.cgroup.as_ref() else { return };
+        if cg.populated().unwrap_or(false) {
+            let n = cg.procs().map(|p| p.len()).unwrap_or(0);
+            let _ = cg.freeze();
+            halt::wait_until(cg.as_ref(), halt::FREEZE_TIMEOUT, |c| {
+                c.is_frozen().unwrap_or(false)
+            });
+            let _ = cg.kill();
+            let _ = cg.thaw();
+            halt::wait_until(cg.as_ref(), self.cfg.empty_deadline.0, |c| {
+                !c.populated().unwrap_or(true)
+            });
+            s.log.note(&format!(
+                "main process exited; killed {n} processes it left behind"
+            ));
+            let _ = self.audit.record(ev(
+                "agent_leftovers_killed",
+                Some(name),
+                None,
+                json!({"processes": n}),
+            ));
+        }
+        self.remove_cgroup(name);
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let pids: Vec<(String, i32)> = self
+            .slots
+            .iter()
+            .filter_map(|(n, s)| s.sm.state.pid().map(|p| (n.clone(), p)))
+            .collect();
+        for (name, pid) in pids {
+            if let Some(status) = reap_pid(pid, false) {
+                let s = &self.slots[&name];
+                s.log.note(&format!("pid {pid} ended: {status}"));
+                let _ = self.audit.record(ev(
+                    "agent_exit",
+                    Some(&name),
+                    None,
+                    json!({"pid": pid, "status": status.to_string()}),
+                ));
+                self.dispatch(&name, Event::Exited { status });
+            }
+        }
+        if let Some(g) = self.guard.as_mut() {
+            if !g.alive() {
+                tracing::error!("guard process died");
+                self.guard = None;
+                if !matches!(self.mode, Mode::Safe(_)) {
+                    self.hard_halt("guard", "the guard process died", None, now);
+                }
+                self.respawn_guard();
+            }
+        }
+    }
+
+    fn respawn_guard(&mut self) {
+        match std::fs::read_link("/proc/self/exe").and_then(|exe| {
+            Guard::spawn(
+                &exe,
+                &self.cfg.cgroup_mount,
+                self.cg.root(),
+                &self.cfg.latch_path(),
+            )
+        }) {
+            Ok(g) => self.guard = Some(g),
+            Err(e) => tracing::error!("cannot restart guard: {e}"),
+        }
+    }
+
+    fn audit_failed(&mut self, err: &str) {
+        tracing::error!("audit log failed: {err}");
+        if !matches!(self.mode, Mode::Safe(_)) {
+            self.hard_halt(
+                "audit",
+                &format!("audit log unwritable: {err}"),
+                None,
+                Instant::now(),
+            );
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for n in &names {
+            let s = &self.slots[n];
+            if let State::Stopping { .. } = s.sm.state {
+                let empty = s
+                    .cgroup
+                    .as_ref()
+                    .map(|c| !c.populated().unwrap_or(true))
+                    .unwrap_or(true);
+                if empty {
+                    if let Some(p) = s.sm.state.pid() {
+                        if let Some(st) = reap_pid(p, true) {
+                            self.dispatch(n, Event::Exited { status: st });
+                        }
+                    }
+                    self.remove_cgroup(n);
+                    self.dispatch(n, Event::Empty);
+                    continue;
+                }
+            }
+            if self.slots[n].wake.is_some_and(|w| w <= now)
+                || matches!(self.slots[n].sm.state, State::Stopping { .. })
+            {
+                self.dispatch(n, Event::Tick);
+            }
+        }
+        if self.pending_survivors {
+            let scope = self.cg.agents();
+            if scope.populated().unwrap_or(true) {
+                let (report, evidence) = halt::run(
+                    scope.as_ref(),
+                    &[],
+                    "retry",
+                    "survivors of an earlier halt",
+                    true,
+                    now,
+                    self.cfg.empty_deadline.0,
+                );
+                self.pending_survivors = !report.complete();
+                self.seal_halt(&report, &evidence, None);
+            } else {
+                self.pending_survivors = false;
+            }
+        }
+        // In SAFE MODE nothing may run: anything found is halted again.
+        if matches!(self.mode, Mode::Safe(_)) && self.cg.agents().populated().unwrap_or(false) {
+            self.hard_halt(
+                "safe_mode",
+                "processes found in agent cgroups during SAFE MODE",
+                None,
+                now,
+            );
+        }
+        if !self.audit.healthy() {
+            self.audit_failed("writer stopped");
+        }
+    }
+
+    fn command(&mut self, c: Command, now: Instant) {
+        let req_name = c.request.name();
+        let data = serde_json::to_value(&c.request).unwrap_or_default();
+        if let Err(e) = self.audit.record(ev(
+            "command",
+            None,
+            Some(c.uid),
+            json!({"request": data, "pid": c.pid}),
+        )) {
+            let _ = c.reply.send(Response::err(
+                ErrorKind::Failed,
+                format!("audit log unwritable: {e}"),
+            ));
+            self.audit_failed(&e.to_string());
+            return;
+        }
+        let resp = self.answer(c.request, c.uid, now);
+        tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");
+        let _ = c.reply.send(resp);
+    }
+
+    fn answer(&mut self, req: Request, uid: u32, now: Instant) -> Response {
+        match req {
+            Request::Ping => Response::ok(json!({"pong": true})),
+            Request::Status => Response::ok(self.status_json()),
+            Request::Agents => Response::ok(json!(self.agents_json())),
+            Request::Logs { agent, offset } => self.logs(&agent, offset),
+            Request::Start { agent } | Request::Stop { agent } | Request::Restart { agent }
+                if !self.slots.contains_key(&agent) =>
+            {
+                Response::err(ErrorKind::NotFound, format!("no agent named {agent:?}"))
+            }
+            Request::Start { agent } => {
+                if let Err(r) = self.may_start() {
+                    return r;
+                }
+                self.dispatch(&agent, Event::Start);
+                self.agent_reply(&agent)
+            }
+            Request::Restart { agent } => {
+                if let Err(r) = self.may_start() {
+                    return r;
+                }
+                self.dispatch(&agent, Event::Restart);
+                self.agent_reply(&agent)
+            }
+            Request::Stop { agent } => {
+                self.dispatch(&agent, Event::Stop);
+                self.agent_reply(&agent)
+            }
+            Request::Halt { reason } => {
+                if reason.trim().is_empty() {
+                    return Response::err(ErrorKind::BadRequest, "halt needs a reason");
+                }
+                self.hard_halt("cli", &reason, Some(uid), now);
+                Response::ok(json!({"halt": self.last_halt}))
+            }
+            Request::Resume { reason } => self.resume(&reason, uid),
+        }
+    }
+
+    fn may_start(&self) -> Result<(), Response> {
+        match &self.mode {
+            Mode::Safe(l) => Err(Response::err(
+                ErrorKind::Refused,
+                format!(
+                    "SAFE MODE ({}): run `warden resume --reason ...` first",
+                    l.reason
+                ),
+            )),
+            Mode::ShuttingDown => Err(Response::err(ErrorKind::Refused, "daemon is shutting down")),
+            Mode::Running if self.stop.present() => Err(Response::err(
+                ErrorKind::Refused,
+                format!("stop file {} is present", self.cfg.stop_file.display()),
+            )),
+            Mode::Running => Ok(()),
+        }
+    }
+
+    fn resume(&mut self, reason: &str, uid: u32) -> Response {
+        if reason.trim().is_empty() {
+            return Response::err(ErrorKind::BadRequest, "resume needs a reason");
+        }
+        if self.stop.present() {
+            return Response::err(
+                ErrorKind::Refused,
+                format!(
+                    "stop file {} is present: remove it before resuming",
+                    self.cfg.stop_file.display()
+                ),
+            );
+        }
+        let Mode::Safe(latch) = self.mode.clone() else {
+            return Response::err(ErrorKind::Refused, "not in SAFE MODE: nothing to resume");
+        };
+        if self.pending_survivors || self.cg.agents().populated().unwrap_or(true) {
+            return Response::err(
+                ErrorKind::Refused,
+                "agent cgroups are not empty yet: the halt is still being retried",
+            );
+        }
+        let r = self.audit.record_safety(
+            ev(
+                "safe_mode_left",
+                None,
+                Some(uid),
+                json!({"reason": reason, "latch": latch}),
+            ),
+            Safety {
+                event: "resume".into(),
+                reason: reason.into(),
+                autonomy_state: "resuming".into(),
+                governance_state: "human_authorized".into(),
+                human_notified: true,
+            },
+        );
+        if let Err(e) = r {
+            return Response::err(
+                ErrorKind::Failed,
+                format!("cannot audit the resume, staying halted: {e}"),
+            );
+        }
+        if let Err(e) = safemode::clear(&self.cfg.latch_path()) {
+            return Response::err(ErrorKind::Failed, format!("cannot clear the latch: {e}"));
+        }
+        self.mode = Mode::Running;
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for n in names {
+            let autostart = self.slots[&n].cfg.autostart;
+            if autostart {
+                self.dispatch(&n, Event::Resume);
+            } else {
+                self.slots.get_mut(&n).expect("slot").sm.state = State::Stopped;
+            }
+        }
+        self.notify_status();
+        Response::ok(json!({"resumed": true, "by_uid": uid, "reason": reason, "cleared": latch}))
+    }
+
+    fn agent_reply(&self, agent: &str) -> Response {
+        let a = self.agent_json(agent, &self.slots[agent]);
+        if let State::Failed { reason } = &self.slots[agent].sm.state {
+            return Response::err(ErrorKind::Failed, format!("agent {agent} failed: {reason}"));
+        }
+        Response::ok(a)
+    }
+
+    fn logs(&self, agent: &str, offset: Option<u64>) -> Response {
+        let Some(s) = self.slots.get(agent) else {
+            return Response::err(ErrorKind::NotFound, format!("no agent named {agent:?}"));
+        };
+        match offset {
+            None => Response::ok(
+                json!({"data": s.log.tail_text(), "next_offset": file_len(&s.log.path)}),
+            ),
+            Some(off) => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut data = Vec::new();
+                let mut next = off;
+                if let Ok(mut f) = std::fs::File::open(&s.log.path) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let start = off.min(len);
+                    if f.seek(SeekFrom::Start(start)).is_ok() {
+                        let _ = (&mut f).take(64 * 1024).read_to_end(&mut data);
+                    }
+                    next = start + data.len() as u64;
+                }
+                Response::ok(json!({"data": String::from_utf8_lossy(&data), "next_offset": next}))
+            }
+        }
+    }
+
+    fn agent_json(&self, name: &str, s: &Slot) -> serde_json::Value {
+        let (stats, pids) = match &s.cgroup {
+            Some(c) => (c.stats().ok(), c.procs().unwrap_or_default()),
+            None => (None, vec![]),
+        };
+        json!({
+            "name": name,
+            "state": s.sm.state.name(),
+            "reason": match &s.sm.state { State::Failed { reason } => Some(reason.clone()), _ => None },
+            "pid": s.sm.state.pid(),
+            "pids": pids,
+            "cgroup": s.cgroup.as_ref().map(|c| c.path().to_string()),
+            "cpu_usec": stats.as_ref().and_then(|s| s.cpu_usage_usec),
+            "memory_bytes": stats.as_ref().and_then(|s| s.memory_current),
+            "restarts": s.sm.restarts,
+            "last_exit": s.sm.last_exit.map(|e: ExitStatus| e.to_string()),
+            "user": s.cfg.user.get_ref(),
+            "limits": {"memory_max": s.cfg.memory_max.map(|b| b.0), "pids_max": s.cfg.pids_max, "cpu_max": s.cfg.cpu_max},
+            "unenforced_limits": s.unenforced,
+        })
+    }
+
+    fn agents_json(&self) -> Vec<serde_json::Value> {
+        self.slots
+            .iter()
+            .map(|(n, s)| self.agent_json(n, s))
+            .collect()
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let (state, safe) = match &self.mode {
+            Mode::Running => ("running", None),
+            Mode::Safe(l) => ("safe_mode", Some(l.clone())),
+            Mode::ShuttingDown => ("stopping", None),
+        };
+        json!({
+            "daemon": {
+                "pid": std::process::id(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "state": state,
+                "safe_mode": safe,
+                "uptime_s": self.started.elapsed().as_secs(),
+                "cgroup_layout": match self.cg.layout() { Layout::V2 => "v2", Layout::Hybrid => "hybrid", Layout::V1 => "v1" },
+                "cgroup_root": self.cg.root(),
+                "stop_file": self.cfg.stop_file,
+                "stop_file_present": self.stop.present(),
+                "stop_file_watch": self.stop.watch_alive,
+                "guard_pid": self.guard.as_ref().map(|g| g.pid()),
+                "audit_healthy": self.audit.healthy(),
+                "config": self.opts.config_path,
+            },
+            "agents": self.agents_json(),
+            "last_halt": self.last_halt,
+        })
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Reaps our child `pid` if it has exited. With `wait`, waits up to a second
+/// (after a kill the zombie appears within microseconds).
+fn reap_pid(pid: i32, wait: bool) -> Option<ExitStatus> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, c)) => return Some(ExitStatus::Code(c)),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Some(ExitStatus::Signal(s as i32)),
+            Ok(WaitStatus::StillAlive) if wait && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(_) => return None,
+            // ECHILD: already reaped.
+            Err(_) => return None,
+        }
+    }
+}

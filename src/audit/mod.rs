@@ -63,7 +63,10 @@ impl Audit {
     /// Appends an event; returns once it is durable.
     pub fn record(&self, ev: Event) -> Result<Receipt> {
         tracing::info!(target: "audit", kind = %ev.kind, agent = ?ev.agent, uid = ?ev.uid, data = %ev.data);
-        Ok(Receipt { seq: 0, hash: String::new() })
+        Ok(Receipt {
+            seq: 0,
+            hash: String::new(),
+        })
     }
 
     /// Appends a safety event to the chain and to `safety_events.jsonl`.

@@ -1,4 +1,119 @@
-//! The `warden` command.
+//! The `warden` command: one file per verb.
+//!
+//! Verbs that talk to the daemon use the control socket; `check-config`,
+//! `audit verify`, `casepack verify` and `key show` read files only and work
+//! without a daemon.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod agents;
+mod check_config;
+mod daemon;
+mod demo;
+mod halt;
+mod lifecycle;
+mod logs;
+mod output;
+mod resume;
+mod status;
+
+/// Exit codes, stable and documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The daemon refused the request, or the operation failed.
+    pub const FAILED: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// No daemon answers on the socket.
+    pub const NOT_RUNNING: i32 = 3;
+    /// The configuration file is invalid.
+    pub const CONFIG: i32 = 4;
+    /// Another daemon holds the state directory.
+    pub const ALREADY_RUNNING: i32 = 5;
+    /// Not allowed: not root, or not in group warden for the socket.
+    pub const PERMISSION: i32 = 6;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Keeps AI agents inside a boundary a human controls"
+)]
+pub struct Cli {
+    /// Control socket (default: the `socket` of /etc/warden/warden.toml, else /run/warden/control.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Run the supervisor in the foreground (root).
+    Daemon(daemon::Args),
+    /// Run the daemon on an embedded config with a well-behaved and a hostile agent.
+    Demo(demo::Args),
+    /// Check a configuration file without a daemon.
+    CheckConfig(check_config::Args),
+    /// Daemon state, each agent, and the last halt.
+    Status(status::Args),
+    /// One line per agent.
+    Agents(agents::Args),
+    /// An agent's output.
+    Logs(logs::Args),
+    /// Start an agent.
+    Start(lifecycle::Args),
+    /// Stop an agent: TERM, wait `grace`, then freeze and kill.
+    Stop(lifecycle::Args),
+    /// Stop, then start an agent.
+    Restart(lifecycle::Args),
+    /// Hard halt: freeze, capture evidence, kill every agent; SAFE MODE.
+    Halt(halt::Args),
+    /// Leave SAFE MODE and start the agents (refused while the stop file exists).
+    Resume(resume::Args),
+    /// The guard process (started by the daemon).
+    #[command(name = "__guard", hide = true)]
+    Guard(daemon::GuardArgs),
+}
+
+impl Cli {
+    fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(crate::config::socket_from_system_config)
+    }
+}
+
+/// Entry point of the binary; returns the exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    let socket = cli.socket();
+    match cli.verb {
+        Verb::Daemon(a) => daemon::run(a),
+        Verb::Demo(a) => demo::run(a),
+        Verb::CheckConfig(a) => check_config::run(a),
+        Verb::Status(a) => status::run(&socket, a),
+        Verb::Agents(a) => agents::run(&socket, a),
+        Verb::Logs(a) => logs::run(&socket, a),
+        Verb::Start(a) => lifecycle::run(&socket, "start", a),
+        Verb::Stop(a) => lifecycle::run(&socket, "stop", a),
+        Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
+        Verb::Halt(a) => halt::run(&socket, a),
+        Verb::Resume(a) => resume::run(&socket, a),
+        Verb::Guard(a) => daemon::guard(a),
+    }
 }

@@ -1,0 +1,30 @@
+//! `warden check-config FILE`
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    file: PathBuf,
+}
+
+pub fn run(a: Args) -> i32 {
+    match Config::load(&a.file) {
+        Ok(c) => {
+            println!("{}: ok, {} agent(s)", a.file.display(), c.agents.len());
+            for ag in &c.agents {
+                let id = crate::spawn::resolve_identity(ag);
+                if let Err(e) = id {
+                    eprintln!("warden: {}: {e}", a.file.display());
+                    return super::exit::CONFIG;
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("warden: {e}");
+            super::exit::CONFIG
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `warden daemon --config FILE` and the hidden `warden __guard`.
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::daemon::{Daemon, DaemonError, Options};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = crate::config::SYSTEM_CONFIG)]
+    config: PathBuf,
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(a: Args) -> i32 {
+    init_tracing();
+    let cfg = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return super::exit::CONFIG;
+        }
+    };
+    start(
+        cfg,
+        Options {
+            config_path: a.config,
+            ..Default::default()
+        },
+    )
+}
+
+/// Starts the daemon and maps start-up errors to exit codes.
+pub fn start(cfg: Config, opts: Options) -> i32 {
+    match Daemon::start(cfg, opts) {
+        Ok(d) => d.run(),
+        Err(e) => {
+            eprintln!("warden: {e}");
+            match e {
+                DaemonError::AlreadyRunning { .. } => super::exit::ALREADY_RUNNING,
+                DaemonError::NotPrivileged(_) => super::exit::PERMISSION,
+                _ => super::exit::FAILED,
+            }
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
+    #[arg(long)]
+    cgroup_mount: PathBuf,
+    #[arg(long)]
+    cgroup_root: String,
+    #[arg(long)]
+    latch: PathBuf,
+}
+
+pub fn guard(a: GuardArgs) -> i32 {
+    crate::guard::run(a.cgroup_mount, a.cgroup_root, a.latch)
+}

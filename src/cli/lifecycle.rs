@@ -1,0 +1,40 @@
+//! `warden start|stop|restart AGENT`
+
+use std::path::Path;
+
+use crate::control::Request;
+
+use super::output::{call, print_json};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    agent: String,
+    /// Print the daemon's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(socket: &Path, verb: &str, a: Args) -> i32 {
+    let req = match verb {
+        "start" => Request::Start {
+            agent: a.agent.clone(),
+        },
+        "stop" => Request::Stop {
+            agent: a.agent.clone(),
+        },
+        _ => Request::Restart {
+            agent: a.agent.clone(),
+        },
+    };
+    match call(socket, &req) {
+        Ok(v) if a.json => {
+            print_json(&v);
+            0
+        }
+        Ok(v) => {
+            println!("{}: {}", a.agent, v["state"].as_str().unwrap_or("?"));
+            0
+        }
+        Err(c) => c,
+    }
+}
