@@ -206,8 +206,8 @@ mod tests {
 
     #[test]
     fn root_resolution() {
-        let own = Some("/system.slice/warden.service");
-        assert_eq!(resolve_root("auto", own).unwrap(), own.unwrap());
+        let own = "/system.slice/warden.service";
+        assert_eq!(resolve_root("auto", Some(own)).unwrap(), own);
         assert_eq!(resolve_root("auto", Some("/")).unwrap(), "/warden");
         assert_eq!(resolve_root("auto", None).unwrap(), "/warden");
         assert_eq!(

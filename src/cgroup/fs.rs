@@ -233,7 +233,10 @@ mod tests {
         assert!(is_missing(&err));
         assert!(!path.exists());
         let msg = err.to_string();
-        assert!(msg.contains("cgroup.kill") && msg.contains("\"1\""), "{msg}");
+        assert!(
+            msg.contains("cgroup.kill") && msg.contains("\"1\""),
+            "{msg}"
+        );
         std::fs::write(&path, "0\n").unwrap();
         write(&path, "1").unwrap();
         assert_eq!(read(&path).unwrap(), "1");

@@ -127,7 +127,11 @@ impl MockCgroupFs {
     fn v2_cgroup(&self, hier: &str, rel: &str, controllers: bool) {
         let d = self.path(hier, rel);
         std::fs::create_dir_all(&d).unwrap();
-        let ctl = if controllers { "cpu io memory pids\n" } else { "" };
+        let ctl = if controllers {
+            "cpu io memory pids\n"
+        } else {
+            ""
+        };
         for (file, data) in [
             ("cgroup.procs", ""),
             ("cgroup.controllers", ctl),

@@ -373,7 +373,9 @@ impl Manager {
             Some(h) if !h.read_only() => Ok(()),
             Some(h) => Err(CgroupError::Other {
                 path: h.dir.clone(),
-                message: String::from("the v1 freezer hierarchy is read-only: agents could not be frozen"),
+                message: String::from(
+                    "the v1 freezer hierarchy is read-only: agents could not be frozen",
+                ),
             }),
             None => Err(CgroupError::Other {
                 path: self.mount.clone(),
@@ -396,7 +398,11 @@ impl Manager {
                     fs::mkdir_p(&fs::join(self.v2_mount(), &self.agents_rel()))?;
                 }
                 self.v1_mkdir(&self.root)?;
-                if let Some(h) = self.v1.iter().find(|h| h.has(Controller::Memory) && !h.read_only()) {
+                if let Some(h) = self
+                    .v1
+                    .iter()
+                    .find(|h| h.has(Controller::Memory) && !h.read_only())
+                {
                     v1::memory::use_hierarchy(&fs::join(&h.dir, &self.root));
                 }
                 self.v1_mkdir(&self.agents_rel())?;
@@ -428,9 +434,7 @@ impl Manager {
                 let agents = fs::join(mount, &self.agents_rel());
                 !fs::is_read_only(mount) && v2::can_enforce(mount, &agents, c).unwrap_or(false)
             }
-            Layout::V1 | Layout::Hybrid => {
-                self.v1.iter().any(|h| h.has(c) && !h.read_only())
-            }
+            Layout::V1 | Layout::Hybrid => self.v1.iter().any(|h| h.has(c) && !h.read_only()),
         }
     }
 
@@ -471,9 +475,15 @@ impl Manager {
                 let freezer = self.require_v1_freezer();
                 if !broken.is_empty() || freezer.is_err() {
                     let err = freezer.err().unwrap_or_else(|| {
-                        invalid(format!("hierarchy became read-only; cannot enforce {broken:?}"))
+                        invalid(format!(
+                            "hierarchy became read-only; cannot enforce {broken:?}"
+                        ))
                     });
-                    return Err(with_cleanup(&rel, err, self.concrete(&rel).as_dyn().remove()));
+                    return Err(with_cleanup(
+                        &rel,
+                        err,
+                        self.concrete(&rel).as_dyn().remove(),
+                    ));
                 }
             }
         }
@@ -535,7 +545,9 @@ fn check_limits(limits: &Limits) -> std::result::Result<(), String> {
     }
     if let Some(c) = limits.cpu_max {
         if !c.is_finite() || c <= 0.0 {
-            return Err(format!("cpu_max must be a positive number of cores, not {c}"));
+            return Err(format!(
+                "cpu_max must be a positive number of cores, not {c}"
+            ));
         }
     }
     Ok(())

@@ -42,7 +42,14 @@ fn detects_hybrid_with_comounted_cpu_and_symlinks() {
     // cpu and cpuacct (symlinks) count once; cpuset and name=systemd unused.
     assert_eq!(
         names,
-        ["unified", "blkio", "cpu,cpuacct", "freezer", "memory", "pids"]
+        [
+            "unified",
+            "blkio",
+            "cpu,cpuacct",
+            "freezer",
+            "memory",
+            "pids"
+        ]
     );
     let cpu = mgr.v1.iter().find(|h| h.has(Controller::Cpu)).unwrap();
     assert!(cpu.has(Controller::Cpuacct));
@@ -153,7 +160,12 @@ fn v2_limits_written() {
     let m = MockCgroupFs::new(MockKind::V2);
     let mgr = manager(&m, None);
     m.cgroup("/warden/agents/web");
-    m.write("", "/warden/agents", "cgroup.subtree_control", "cpu io memory pids\n");
+    m.write(
+        "",
+        "/warden/agents",
+        "cgroup.subtree_control",
+        "cpu io memory pids\n",
+    );
     assert!(mgr.unenforceable(&all_limits()).is_empty());
     mgr.create_agent("web", &all_limits()).unwrap();
     let f = |file| m.read("", "/warden/agents/web", file);
@@ -173,7 +185,10 @@ fn v1_limits_written() {
         mgr.create_agent("web", &all_limits()).unwrap();
         let rel = "/warden/agents/web";
         assert_eq!(m.read("memory", rel, "memory.limit_in_bytes"), "268435456");
-        assert_eq!(m.read("memory", rel, "memory.memsw.limit_in_bytes"), "268435456");
+        assert_eq!(
+            m.read("memory", rel, "memory.memsw.limit_in_bytes"),
+            "268435456"
+        );
         assert_eq!(m.read("pids", rel, "pids.max"), "64");
         assert_eq!(m.read("cpu,cpuacct", rel, "cpu.cfs_period_us"), "100000");
         assert_eq!(m.read("cpu,cpuacct", rel, "cpu.cfs_quota_us"), "150000");
@@ -239,7 +254,10 @@ fn v2_unenforceable_follows_controllers() {
     // After setup: what R/agents has enabled for its children.
     m.cgroup("/warden/agents");
     m.write("", "/warden/agents", "cgroup.subtree_control", "memory\n");
-    assert_eq!(mgr.unenforceable(&all_limits()), vec!["pids_max", "cpu_max"]);
+    assert_eq!(
+        mgr.unenforceable(&all_limits()),
+        vec!["pids_max", "cpu_max"]
+    );
     assert!(mgr.unenforceable(&Limits::default()).is_empty());
 }
 
@@ -291,7 +309,10 @@ fn hybrid_read_only_hierarchies_are_skipped() {
     );
     // Freezing still works, through unified.
     cg.freeze().unwrap();
-    assert_eq!(m.read("unified", "/warden/agents/web", "cgroup.freeze"), "1");
+    assert_eq!(
+        m.read("unified", "/warden/agents/web", "cgroup.freeze"),
+        "1"
+    );
 }
 
 #[test]
@@ -336,7 +357,10 @@ fn v2_setup_enables_controllers_on_r_and_agents() {
     m.cgroup("/warden/agents");
     mgr.setup().unwrap();
     // The mock keeps only the last write; the kernel would hold all four.
-    assert_eq!(m.read("", "/warden/agents", "cgroup.subtree_control"), "+pids");
+    assert_eq!(
+        m.read("", "/warden/agents", "cgroup.subtree_control"),
+        "+pids"
+    );
     assert_eq!(m.read("", "/warden", "cgroup.subtree_control"), "+pids");
 }
 
@@ -360,8 +384,19 @@ fn add_pid_writes_every_hierarchy() {
     let mgr = manager(&m, None);
     m.cgroup("/warden/agents/web");
     mgr.agent("web").add_pid(4242).unwrap();
-    for h in ["unified", "memory", "pids", "cpu,cpuacct", "freezer", "blkio"] {
-        assert_eq!(m.read(h, "/warden/agents/web", "cgroup.procs"), "4242", "{h}");
+    for h in [
+        "unified",
+        "memory",
+        "pids",
+        "cpu,cpuacct",
+        "freezer",
+        "blkio",
+    ] {
+        assert_eq!(
+            m.read(h, "/warden/agents/web", "cgroup.procs"),
+            "4242",
+            "{h}"
+        );
     }
 }
 
@@ -377,13 +412,21 @@ fn v2_and_hybrid_freeze_through_cgroup_freeze() {
         cg.freeze().unwrap();
         assert_eq!(m.read(hier, "/warden/agents", "cgroup.freeze"), "1");
         assert!(!cg.is_frozen().unwrap());
-        m.write(hier, "/warden/agents", "cgroup.events", "populated 1\nfrozen 1\n");
+        m.write(
+            hier,
+            "/warden/agents",
+            "cgroup.events",
+            "populated 1\nfrozen 1\n",
+        );
         assert!(cg.is_frozen().unwrap());
         assert!(cg.populated().unwrap());
         cg.thaw().unwrap();
         assert_eq!(m.read(hier, "/warden/agents", "cgroup.freeze"), "0");
         if kind == MockKind::Hybrid {
-            assert_eq!(m.read("freezer", "/warden/agents", "freezer.state"), "THAWED\n");
+            assert_eq!(
+                m.read("freezer", "/warden/agents", "freezer.state"),
+                "THAWED\n"
+            );
         }
         cg.kill().unwrap();
         assert_eq!(m.read(hier, "/warden/agents", "cgroup.kill"), "1");
@@ -396,10 +439,18 @@ fn hybrid_falls_back_to_the_v1_freezer_before_5_2() {
     let mgr = manager(&m, None);
     m.cgroup("/warden/agents");
     std::fs::remove_file(m.path("unified", "/warden/agents").join("cgroup.freeze")).unwrap();
-    m.write("unified", "/warden/agents", "cgroup.events", "populated 0\n");
+    m.write(
+        "unified",
+        "/warden/agents",
+        "cgroup.events",
+        "populated 0\n",
+    );
     let cg = mgr.agents();
     cg.freeze().unwrap();
-    assert_eq!(m.read("freezer", "/warden/agents", "freezer.state"), "FROZEN");
+    assert_eq!(
+        m.read("freezer", "/warden/agents", "freezer.state"),
+        "FROZEN"
+    );
     assert!(cg.is_frozen().unwrap());
 }
 
@@ -410,7 +461,10 @@ fn v1_freezer_states() {
     m.cgroup("/warden/agents/web");
     let cg = mgr.agents();
     cg.freeze().unwrap();
-    assert_eq!(m.read("freezer", "/warden/agents", "freezer.state"), "FROZEN");
+    assert_eq!(
+        m.read("freezer", "/warden/agents", "freezer.state"),
+        "FROZEN"
+    );
     m.write("freezer", "/warden/agents", "freezer.state", "FREEZING\n");
     assert!(!cg.is_frozen().unwrap());
     m.write("freezer", "/warden/agents", "freezer.state", "FROZEN\n");
@@ -418,8 +472,14 @@ fn v1_freezer_states() {
     m.write("freezer", "/warden/agents/web", "freezer.state", "FROZEN\n");
     cg.thaw().unwrap();
     // Thaw reaches a child frozen on its own too.
-    assert_eq!(m.read("freezer", "/warden/agents", "freezer.state"), "THAWED");
-    assert_eq!(m.read("freezer", "/warden/agents/web", "freezer.state"), "THAWED");
+    assert_eq!(
+        m.read("freezer", "/warden/agents", "freezer.state"),
+        "THAWED"
+    );
+    assert_eq!(
+        m.read("freezer", "/warden/agents/web", "freezer.state"),
+        "THAWED"
+    );
 }
 
 #[test]
@@ -459,7 +519,12 @@ fn v2_procs_and_populated() {
     m.write("", "/warden/agents/a/x", "cgroup.procs", "7\n");
     m.write("", "/warden/agents", "cgroup.procs", "3\n");
     assert_eq!(mgr.agents().procs().unwrap(), vec![3, 7]);
-    m.write("", "/warden/agents/a", "cgroup.events", "populated 1\nfrozen 0\n");
+    m.write(
+        "",
+        "/warden/agents/a",
+        "cgroup.events",
+        "populated 1\nfrozen 0\n",
+    );
     assert!(mgr.agent("a").populated().unwrap());
     assert!(mgr.agent("a").remove().is_err());
 }
@@ -475,7 +540,12 @@ fn v2_stats_parsed() {
     m.write("", rel, "cpu.stat", "usage_usec 1500\nuser_usec 1000\n");
     m.write("", rel, "memory.current", "4096\n");
     m.write("", rel, "pids.current", "3\n");
-    m.write("", rel, "io.stat", "8:0 rbytes=1 wbytes=512 rios=1 wios=1\n");
+    m.write(
+        "",
+        rel,
+        "io.stat",
+        "8:0 rbytes=1 wbytes=512 rios=1 wios=1\n",
+    );
     m.write("", rel, "memory.events", "low 0\nhigh 0\nmax 4\noom 1\n");
     m.write("", rel, "pids.events", "max 2\n");
     assert_eq!(
@@ -583,5 +653,8 @@ fn errors_name_path_and_data() {
     let mgr = manager(&m, None);
     let e = mgr.agent("nope").freeze().unwrap_err().to_string();
     let want: PathBuf = m.path("freezer", "/warden/agents/nope/freezer.state");
-    assert!(e.contains(&want.display().to_string()) && e.contains("FROZEN"), "{e}");
+    assert!(
+        e.contains(&want.display().to_string()) && e.contains("FROZEN"),
+        "{e}"
+    );
 }

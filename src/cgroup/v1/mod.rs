@@ -115,15 +115,21 @@ impl V1Cgroup {
             message: format!("no writable v1 {} hierarchy", c.v1_name()),
         };
         if let (Some(bytes), false) = (limits.memory_max, skip.contains(&"memory_max")) {
-            let dir = self.dir_of(Controller::Memory).ok_or(missing(Controller::Memory))?;
+            let dir = self
+                .dir_of(Controller::Memory)
+                .ok_or(missing(Controller::Memory))?;
             memory::apply_max(dir, bytes)?;
         }
         if let (Some(n), false) = (limits.pids_max, skip.contains(&"pids_max")) {
-            let dir = self.dir_of(Controller::Pids).ok_or(missing(Controller::Pids))?;
+            let dir = self
+                .dir_of(Controller::Pids)
+                .ok_or(missing(Controller::Pids))?;
             pids::apply_max(dir, n)?;
         }
         if let (Some(cores), false) = (limits.cpu_max, skip.contains(&"cpu_max")) {
-            let dir = self.dir_of(Controller::Cpu).ok_or(missing(Controller::Cpu))?;
+            let dir = self
+                .dir_of(Controller::Cpu)
+                .ok_or(missing(Controller::Cpu))?;
             cpu::apply_max(dir, cores)?;
         }
         Ok(())

@@ -74,7 +74,10 @@ pub fn move_all(from: &Path, to: &Path) -> Result<()> {
     }
     Err(CgroupError::Other {
         path: from.to_owned(),
-        message: format!("processes keep appearing; could not move them all to {}", to.display()),
+        message: format!(
+            "processes keep appearing; could not move them all to {}",
+            to.display()
+        ),
     })
 }
 

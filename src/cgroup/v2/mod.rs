@@ -103,13 +103,15 @@ impl Cgroup for V2Cgroup {
             // A cgroup that does not exist has no member left to kill.
             Err(e) if fs::is_missing(&e) && !self.dir.exists() => Ok(()),
             // Before 5.14: signal every member. Frozen members die too on v2.
-            Err(e) if fs::is_missing(&e) => procs::sigkill_subtrees(&[self.dir.clone()]),
+            Err(e) if fs::is_missing(&e) => {
+                procs::sigkill_subtrees(std::slice::from_ref(&self.dir))
+            }
             other => other,
         }
     }
 
     fn procs(&self) -> Result<Vec<i32>> {
-        procs::subtree_pids(&[self.dir.clone()])
+        procs::subtree_pids(std::slice::from_ref(&self.dir))
     }
 
     fn populated(&self) -> Result<bool> {
