@@ -1,0 +1,17 @@
+//! v1 pids controller: same files as on v2.
+
+use std::path::Path;
+
+use crate::cgroup::{fs, Result};
+
+pub fn apply_max(dir: &Path, max: u64) -> Result<()> {
+    fs::write(&dir.join("pids.max"), &max.to_string())
+}
+
+pub fn current(dir: &Path) -> Result<Option<u64>> {
+    fs::read_u64_opt(&dir.join("pids.current"))
+}
+
+pub fn events_max(dir: &Path) -> Result<Option<u64>> {
+    fs::read_keyed_opt(&dir.join("pids.events"), "max")
+}
