@@ -15,7 +15,9 @@
 # Environment:
 #   E2E_WARDEN_BIN=PATH  package this binary instead of `cargo build --release`
 #   E2E_CHECKS="1 2 3 5 4 6"  which checks to run, in this order (default all)
-#   E2E_KEEP_LOGS=1      keep target/e2e/last-run/ (console log, journal) [default]
+#   E2E_NO_WATCHDOG=1    diagnosis only: run with WatchdogSec=0 (a runtime
+#                        drop-in) and count the watchdog check as failed
+# The console log and journal of the last run stay in target/e2e/last-run/.
 #
 # Prints `e2e: N passed, N failed` last; exits non-zero on any failure.
 set -uo pipefail
@@ -183,6 +185,7 @@ agent_cgroup_ok() {
 daemon_cgroup_ok() {
     local cg
     cg=$(c cat "/proc/$(main_pid)/cgroup")
+    printf '       daemon /proc/%s/cgroup: %s\n' "$(main_pid)" "$(grep -E '^(0|[0-9]+:name=systemd):' <<<"$cg" | tr '\n' ' ')"
     grep -Eq '/warden\.service/supervisor$' <<<"$cg"
 }
 show_status() { status_text | sed 's/^/       | /'; }
@@ -288,6 +291,11 @@ before_users=$(c getent passwd | cut -d: -f1 | sort | tr '\n' ' ')
 before_groups=$(c getent group | cut -d: -f1 | sort | tr '\n' ' ')
 
 phase "install"
+if [ -n "${E2E_NO_WATCHDOG:-}" ]; then
+    log "E2E_NO_WATCHDOG: warden.service runs with WatchdogSec=0"
+    c mkdir -p /run/systemd/system/warden.service.d
+    c sh -c 'printf "[Service]\nWatchdogSec=0\n" >/run/systemd/system/warden.service.d/e2e-no-watchdog.conf'
+fi
 t=$(now)
 if c dpkg -i /root/warden.deb >"$run/dpkg-i.log" 2>&1; then
     pass "dpkg -i warden.deb ($(elapsed "$t"))"
@@ -400,9 +408,11 @@ check5() {
     local t
     is_active && c systemctl stop warden.service
     # A short watchdog for this start: the daemon must honour WATCHDOG_USEC.
-    c mkdir -p /run/systemd/system/warden.service.d
-    c sh -c 'printf "[Service]\nWatchdogSec=3s\n" >/run/systemd/system/warden.service.d/e2e-watchdog.conf'
-    c systemctl daemon-reload
+    if [ -z "${E2E_NO_WATCHDOG:-}" ]; then
+        c mkdir -p /run/systemd/system/warden.service.d
+        c sh -c 'printf "[Service]\nWatchdogSec=3s\n" >/run/systemd/system/warden.service.d/e2e-watchdog.conf'
+        c systemctl daemon-reload
+    fi
     t=$(now)
     c systemctl restart warden.service
     check "5 systemctl restart: active ($(elapsed "$t"))" is_active
@@ -413,13 +423,17 @@ check5() {
         fail "5 agents started after a clean stop"
     fi
     check "5 not in SAFE MODE" not_in_safe_mode
+    if [ -n "${E2E_NO_WATCHDOG:-}" ]; then
+        fail "5 watchdog not checked (E2E_NO_WATCHDOG)"
+        return
+    fi
     local main
     main=$(main_pid)
     sleep 8
     check "5 WatchdogSec=3s: still the same daemon after 8s (WATCHDOG=1 pings)" bash -c \
         "[ \"\$(nsenter -t $leader -a systemctl show -p MainPID --value warden)\" = $main ] &&
          [ \"\$(nsenter -t $leader -a systemctl is-active warden)\" = active ]"
-    c rm -rf /run/systemd/system/warden.service.d
+    c rm -f /run/systemd/system/warden.service.d/e2e-watchdog.conf
     c systemctl daemon-reload
 }
 
@@ -459,6 +473,8 @@ check6() {
     phase "6: remove, purge"
     local t
     c rm -f /safety/STOP
+    # Drop-ins of this test (E2E_NO_WATCHDOG) are not the package's to remove.
+    c rm -rf /run/systemd/system/warden.service.d
     t=$(now)
     if c apt-get remove -y warden >"$run/remove.log" 2>&1; then
         pass "6 apt-get remove warden ($(elapsed "$t"))"
