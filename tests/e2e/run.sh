@@ -475,6 +475,23 @@ check6() {
     c rm -f /safety/STOP
     # Drop-ins of this test (E2E_NO_WATCHDOG) are not the package's to remove.
     c rm -rf /run/systemd/system/warden.service.d
+    # Reinstall = the upgrade path: postinst restarts the daemon, dpkg keeps
+    # the operator's edit of the conffile.
+    local main
+    main=$(main_pid)
+    c sh -c 'echo "# edited by the operator" >>/etc/warden/warden.toml'
+    t=$(now)
+    if c dpkg -i --force-confold /root/warden.deb >"$run/reinstall.log" 2>&1; then
+        pass "6 reinstall (upgrade path) ($(elapsed "$t"))"
+    else
+        sed 's/^/       | /' "$run/reinstall.log"
+        fail "6 reinstall (upgrade path)"
+    fi
+    check "6 reinstall: daemon restarted (pid $main -> $(main_pid)), active" bash -c \
+        "m=\$(nsenter -t $leader -a systemctl show -p MainPID --value warden); [ \"\$m\" != 0 ] && [ \"\$m\" != $main ] &&
+         [ \"\$(nsenter -t $leader -a systemctl is-active warden)\" = active ]"
+    check "6 reinstall: edited config kept" cq grep -q "edited by the operator" /etc/warden/warden.toml
+    check "6 reinstall: agents running again" wait_for 20 agents_running
     t=$(now)
     if c apt-get remove -y warden >"$run/remove.log" 2>&1; then
         pass "6 apt-get remove warden ($(elapsed "$t"))"
