@@ -525,7 +525,8 @@ impl Manager {
             Layout::V1 | Layout::Hybrid => {
                 let agents = self.agents().remove();
                 let mut rest = Ok(());
-                for dir in self.hierarchy_dirs() {
+                let writable = self.v1.iter().filter(|h| !h.read_only()).map(|h| &h.dir);
+                for dir in self.v2.iter().chain(writable) {
                     let r = v2::remove_if_empty(&fs::join(&dir, &self.root));
                     rest = rest.and(r);
                 }
