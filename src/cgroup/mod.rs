@@ -527,7 +527,7 @@ impl Manager {
                 let mut rest = Ok(());
                 let writable = self.v1.iter().filter(|h| !h.read_only()).map(|h| &h.dir);
                 for dir in self.v2.iter().chain(writable) {
-                    let r = v2::remove_if_empty(&fs::join(&dir, &self.root));
+                    let r = v2::remove_if_empty(&fs::join(dir, &self.root));
                     rest = rest.and(r);
                 }
                 agents.and(rest)
