@@ -22,8 +22,8 @@
 //! - `procs`: the `cgroup.procs` walks v1 needs (and v2 before 5.14).
 //!
 //! Costs on the halt path: on v2 and hybrid, freeze, kill and populated are
-//! one write or read each, whatever the number of agents; on v1 they walk
-//! the subtree.
+//! one write or read each, whatever the number of agents; on v1, freeze is
+//! one write, and kill, populated and thaw walk the subtree.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
