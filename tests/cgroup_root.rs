@@ -661,3 +661,140 @@ fn v1_kill_walks_every_hierarchy() {
     cg.remove().unwrap();
     m.teardown().unwrap();
 }
+
+/// A copy of /sys/fs/cgroup built from bind mounts in a private mount
+/// namespace of this test thread, with some v1 hierarchies read-only: what
+/// systemd-nspawn shows a container on a hybrid host.
+struct ReadOnlyView {
+    dir: tempfile::TempDir,
+    mounted: Vec<PathBuf>,
+}
+
+impl ReadOnlyView {
+    fn new(read_only: &[&str]) -> ReadOnlyView {
+        use nix::mount::{mount, MsFlags};
+        use nix::sched::{unshare, CloneFlags};
+        // Per-thread: libtest runs each test on its own thread.
+        unshare(CloneFlags::CLONE_NEWNS).unwrap();
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        let mut view = ReadOnlyView {
+            dir: tempfile::tempdir().unwrap(),
+            mounted: Vec::new(),
+        };
+        for h in [
+            "memory", "pids", "cpu", "cpuacct", "freezer", "blkio", "unified",
+        ] {
+            let target = view.dir.path().join(h);
+            std::fs::create_dir(&target).unwrap();
+            let src = Path::new(MOUNT).join(h);
+            mount(
+                Some(&src),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+            view.mounted.push(target.clone());
+            if read_only.contains(&h) {
+                view.make_read_only(h);
+            }
+        }
+        view
+    }
+
+    fn make_read_only(&self, h: &str) {
+        use nix::mount::{mount, MsFlags};
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(
+            None::<&str>,
+            &self.dir.path().join(h),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        for m in &self.mounted {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Inside systemd-nspawn on a hybrid host the v1 hierarchies are read-only
+/// and `unified` is writable: limits are unenforceable, but agents can still
+/// be created, frozen, killed and verified empty.
+#[test]
+fn hybrid_with_read_only_v1_hierarchies() {
+    let mut fx = Fixture::new();
+    let ro = ["memory", "pids", "cpu", "cpuacct", "freezer", "blkio"];
+    let view = ReadOnlyView::new(&ro);
+    let m = Manager::detect(view.path(), &fx.root).unwrap();
+    assert_eq!(m.layout(), Layout::Hybrid);
+    assert_eq!(
+        m.unenforceable(&limits()),
+        vec!["memory_max", "pids_max", "cpu_max"]
+    );
+    m.setup().unwrap();
+    // The caller chose `unenforced_limits = "warn"`: the agent still starts.
+    let cg = m.create_agent("nspawned", &limits()).unwrap();
+    assert_eq!(cg.join_fds().unwrap().len(), 1, "unified only");
+    let pid = fx.spawn_joined(cg.as_ref(), FORK_TREE);
+    fx.release(pid);
+    wait_until("3 members", || cg.procs().unwrap().len() == 3);
+    cg.freeze().unwrap();
+    wait_until("frozen", || cg.is_frozen().unwrap());
+    cg.kill().unwrap();
+    cg.thaw().unwrap();
+    wait_until("empty", || !cg.populated().unwrap());
+    cg.remove().unwrap();
+    m.teardown().unwrap();
+    // Pure v1 cannot freeze without its freezer.
+    let v1 = Manager::with_layout(view.path(), &fx.root, Layout::V1).unwrap();
+    let e = v1.setup().unwrap_err();
+    assert!(e.to_string().contains("freezer"), "{e}");
+    drop(view);
+}
+
+/// A hierarchy that turns read-only after detection shows as EROFS on
+/// mkdir: it is skipped, and a limit that needed it fails the creation
+/// instead of silently not applying.
+#[test]
+fn erofs_on_mkdir_marks_a_hierarchy_read_only() {
+    let fx = Fixture::new();
+    let view = ReadOnlyView::new(&[]);
+    let m = Manager::detect(view.path(), &fx.root).unwrap();
+    assert_eq!(m.layout(), Layout::Hybrid);
+    m.setup().unwrap();
+    assert!(m.unenforceable(&limits()).is_empty());
+    view.make_read_only("memory");
+    let e = m.create_agent("late", &limits()).unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+    assert_eq!(m.unenforceable(&limits()), vec!["memory_max"]);
+    let lim = Limits {
+        memory_max: None,
+        ..limits()
+    };
+    let cg = m.create_agent("late", &lim).unwrap();
+    assert_eq!(cg.join_fds().unwrap().len(), 6, "unified + 5 writable v1");
+    cg.remove().unwrap();
+    // R stays in the now read-only memory hierarchy (the fixture removes it
+    // through /sys/fs/cgroup); teardown leaves it alone.
+    m.teardown().unwrap();
+    drop(view);
+}

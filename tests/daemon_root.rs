@@ -56,7 +56,10 @@ fn stop_file_hard_halt_leaves_nothing_and_latches() {
     assert_eq!(h["trigger"], "stop_file");
     assert!(h["survivors"].as_array().unwrap().is_empty(), "{h}");
     assert_eq!(h["frozen"], true, "{h}");
-    assert!(h["processes"].as_u64().unwrap() as usize >= before.len() - 5, "{h}");
+    assert!(
+        h["processes"].as_u64().unwrap() as usize >= before.len() - 5,
+        "{h}"
+    );
     let t = &h["timings"];
     let ladder = [
         t["freeze_requested_us"].as_u64().unwrap(),
@@ -65,7 +68,10 @@ fn stop_file_hard_halt_leaves_nothing_and_latches() {
         t["killed_us"].as_u64().unwrap(),
         t["empty_us"].as_u64().unwrap(),
     ];
-    assert!(ladder.windows(2).all(|w| w[0] <= w[1]), "phases out of order: {ladder:?}");
+    assert!(
+        ladder.windows(2).all(|w| w[0] <= w[1]),
+        "phases out of order: {ladder:?}"
+    );
     assert!(took < Duration::from_secs(10));
     assert!(env.latch().exists(), "latch written");
     assert_eq!(st["daemon"]["safe_mode"]["trigger"], "stop_file");
@@ -73,7 +79,12 @@ fn stop_file_hard_halt_leaves_nothing_and_latches() {
     let agents_dirs: Vec<_> = env
         .cgroup_dirs()
         .iter()
-        .flat_map(|d| std::fs::read_dir(d.join("agents")).into_iter().flatten().flatten())
+        .flat_map(|d| {
+            std::fs::read_dir(d.join("agents"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .map(|e| e.path())
         .collect();
@@ -113,7 +124,10 @@ fn cli_halt_and_sigint_halt() {
     assert_eq!(st["daemon"]["safe_mode"]["reason"], "operator test");
     let (code, out, _) = env.cli(&["status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("SAFE MODE") && out.contains("operator test"), "{out}");
+    assert!(
+        out.contains("SAFE MODE") && out.contains("operator test"),
+        "{out}"
+    );
     // SIGINT: hard halt, daemon stays up.
     let (code, _, err) = env.cli(&["resume", "--reason", "again"]);
     assert_eq!(code, 0, "{err}");
@@ -218,7 +232,9 @@ fn memory_hog_and_fork_bomb_are_contained() {
     let mut env = Env::new("", &agents);
     env.start();
     // The hog is killed by the kernel at its limit.
-    env.wait_for("hog OOM-killed", T, || env.agent("hog")["last_exit"] == "killed by signal 9");
+    env.wait_for("hog OOM-killed", T, || {
+        env.agent("hog")["last_exit"] == "killed by signal 9"
+    });
     // The bomb stays at its limit, and the daemon answers quickly meanwhile.
     env.wait_for("bomb at limit", T, || {
         env.agent("bomb")["pids"].as_array().unwrap().len() >= 20
@@ -227,7 +243,11 @@ fn memory_hog_and_fork_bomb_are_contained() {
         let t = Instant::now();
         let n = env.agent("bomb")["pids"].as_array().unwrap().len();
         assert!(n <= 25, "pids_max exceeded: {n}");
-        assert!(t.elapsed() < Duration::from_secs(1), "daemon slow: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "daemon slow: {:?}",
+            t.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let cg = std::path::Path::new(common::CGROUP_MOUNT)
@@ -243,13 +263,20 @@ fn memory_hog_and_fork_bomb_are_contained() {
 #[test]
 fn restart_policy_and_crash_loop_breaker() {
     let agents = [
-        agent("crasher", "echo crash; exit 3", 0, "restart = \"on-failure\""),
+        agent(
+            "crasher",
+            "echo crash; exit 3",
+            0,
+            "restart = \"on-failure\"",
+        ),
         agent("once", "exit 0", 0, "restart = \"on-failure\""),
     ]
     .concat();
     let mut env = Env::new("crash_loop = { exits = 3, window = \"30s\" }", &agents);
     env.start();
-    env.wait_for("crash loop breaker", T, || env.agent("crasher")["state"] == "failed");
+    env.wait_for("crash loop breaker", T, || {
+        env.agent("crasher")["state"] == "failed"
+    });
     let a = env.agent("crasher");
     assert!(a["reason"].as_str().unwrap().contains("crash loop"), "{a}");
     assert_eq!(a["restarts"], 2);
@@ -300,7 +327,10 @@ fn bad_socket_input_gets_clear_errors() {
     assert_eq!(v["ok"], false);
     assert!(v["error"].as_str().unwrap().contains("bad request"), "{v}");
     let v = env.call(r#"{"cmd":"launch-missiles"}"#);
-    assert!(v["error"].as_str().unwrap().contains("launch-missiles"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("launch-missiles"),
+        "{v}"
+    );
     let v = env.call(r#"{"cmd":"halt"}"#);
     assert!(v["error"].as_str().unwrap().contains("reason"), "{v}");
     let long = format!("{{\"cmd\":\"status\",\"x\":\"{}\"}}", "a".repeat(100_000));
@@ -326,10 +356,17 @@ fn cli_errors_and_exit_codes() {
     assert_eq!(code, 2);
     // Bad config: exit 4, names the key and line.
     let bad = env.path("bad.toml");
-    std::fs::write(&bad, "grace = \"1s\"\n[[agent]]\nname = \"x\"\ncommand = [\"/bin/true\"]\nmemroy_max = \"1G\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "grace = \"1s\"\n[[agent]]\nname = \"x\"\ncommand = [\"/bin/true\"]\nmemroy_max = \"1G\"\n",
+    )
+    .unwrap();
     let (code, _, err) = env.cli(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(code, 4);
-    assert!(err.contains("memroy_max") && err.contains("line 5"), "{err}");
+    assert!(
+        err.contains("memroy_max") && err.contains("line 5"),
+        "{err}"
+    );
     let (code, _, err) = env.cli(&["daemon", "--config", bad.to_str().unwrap()]);
     assert_eq!(code, 4, "{err}");
     let (code, out, _) = env.cli(&["check-config", env.config.to_str().unwrap()]);

@@ -48,7 +48,7 @@ impl Cgroup for HybridCgroup {
     /// The unified fd first: once it is written, freeze and kill reach the child.
     fn join_fds(&self) -> Result<Vec<OwnedFd>> {
         let mut fds = self.unified.join_fds()?;
-        fds.extend(self.v1.join_fds()?);
+        fds.extend(self.v1.open_procs()?);
         Ok(fds)
     }
 

@@ -11,6 +11,19 @@
 //!
 //! All paths hang off an injected mount point so unit tests run against a
 //! temporary directory.
+//!
+//! - [`detect`]: which layout, which hierarchies (statfs magic, else files),
+//!   the root path.
+//! - [`v2`]: a cgroup2 hierarchy (`cgroup.freeze`, `cgroup.kill`,
+//!   `cgroup.events`), one file per controller, and `subtree_control`.
+//! - [`v1`]: one hierarchy per controller, one file per controller.
+//! - [`hybrid`]: limits from v1, freeze/kill/populated from `unified`.
+//! - [`fs`]: every cgroupfs read and write; errors name the path and data.
+//! - `procs`: the `cgroup.procs` walks v1 needs (and v2 before 5.14).
+//!
+//! Costs on the halt path: on v2 and hybrid, freeze, kill and populated are
+//! one write or read each, whatever the number of agents; on v1, freeze is
+//! one write, and kill, populated and thaw walk the subtree.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -525,8 +538,9 @@ impl Manager {
             Layout::V1 | Layout::Hybrid => {
                 let agents = self.agents().remove();
                 let mut rest = Ok(());
-                for dir in self.hierarchy_dirs() {
-                    let r = v2::remove_if_empty(&fs::join(&dir, &self.root));
+                let writable = self.v1.iter().filter(|h| !h.read_only()).map(|h| &h.dir);
+                for dir in self.v2.iter().chain(writable) {
+                    let r = v2::remove_if_empty(&fs::join(dir, &self.root));
                     rest = rest.and(r);
                 }
                 agents.and(rest)

@@ -119,7 +119,11 @@ impl Env {
             if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited at start: {st}\n{}", self.stderr());
             }
-            assert!(Instant::now() < deadline, "daemon did not come up\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -194,9 +198,11 @@ impl Env {
 
     /// Waits until the agents together have at least `n` processes.
     pub fn wait_procs(&self, n: usize) {
-        self.wait_for(&format!("{n} agent processes"), Duration::from_secs(30), || {
-            self.marked_pids().len() >= n
-        });
+        self.wait_for(
+            &format!("{n} agent processes"),
+            Duration::from_secs(30),
+            || self.marked_pids().len() >= n,
+        );
     }
 
     /// Every process on the machine that carries this test's marker.
@@ -354,9 +360,10 @@ pub mod workload {
     /// N double-forked setsid escapees that ignore TERM.
     pub const ESCAPEES: &str = "trap '' TERM; for i in $(seq {N}); do ( setsid sh -c 'trap \"\" TERM; exec sleep 1000' </dev/null >/dev/null 2>&1 & ) ; done; while :; do sleep 1; done";
     /// Keeps spawning children in new process groups.
-    pub const RESPAWNER: &str = "trap '' TERM; while :; do setsid sleep 1000 </dev/null >/dev/null 2>&1 & sleep 0.05; done";
-    /// A fork bomb; pids_max bounds it.
-    pub const FORK_BOMB: &str = "trap '' TERM; b() { b & b & sleep 1000; }; b";
+    pub const RESPAWNER: &str =
+        "trap '' TERM; while :; do setsid sleep 1000 </dev/null >/dev/null 2>&1 & sleep 0.05; done";
+    /// A fork bomb whose every process keeps forking; pids_max bounds it.
+    pub const FORK_BOMB: &str = "exec python3 -c 'import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.05)'";
 }
 
 /// One `[[agent]]` table running a shell workload, marked with the test's marker.
@@ -370,8 +377,5 @@ pub fn agent(name: &str, script: &str, n: usize, extra: &str) -> String {
 /// The `command` array for a shell workload.
 pub fn sh(script: &str, n: usize) -> String {
     let s = script.replace("{N}", &n.to_string());
-    format!(
-        "[\"/bin/sh\", \"-c\", {}]",
-        toml::Value::String(s)
-    )
+    format!("[\"/bin/sh\", \"-c\", {}]", toml::Value::String(s))
 }

@@ -156,6 +156,16 @@ impl V1Cgroup {
         Ok(s)
     }
 
+    /// `cgroup.procs` of every writable hierarchy, opened for writing; none
+    /// when every hierarchy is read-only (fine on hybrid, where unified holds
+    /// the membership that matters).
+    pub fn open_procs(&self) -> Result<Vec<OwnedFd>> {
+        self.dirs
+            .iter()
+            .map(|d| fs::open_write(&d.dir.join("cgroup.procs")))
+            .collect()
+    }
+
     /// True when the cgroup exists in at least one hierarchy.
     pub fn exists(&self) -> bool {
         self.dirs.iter().any(|d| d.dir.exists())
@@ -174,10 +184,7 @@ impl Cgroup for V1Cgroup {
                 message: String::from("no writable v1 hierarchy to join"),
             });
         }
-        self.dirs
-            .iter()
-            .map(|d| fs::open_write(&d.dir.join("cgroup.procs")))
-            .collect()
+        self.open_procs()
     }
 
     fn add_pid(&self, pid: i32) -> Result<()> {
