@@ -36,6 +36,7 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 passed=0
 failed=0
 nspawn_pid=
+rootfs_lock=
 leader=
 cgroups=()
 made_nspawn_run_dir=
@@ -94,6 +95,16 @@ kill_cgroups() {
     return 1
 }
 
+# unmount_under DIR: lazily unmount whatever is mounted at or below DIR,
+# deepest first, so that `rm -rf --one-file-system` never reaches the host.
+unmount_under() {
+    local m
+    findmnt -rn -o TARGET | grep -E "^$1(/|$)" | sort -r | while read -r m; do
+        log "teardown: unmounting $m"
+        umount -l "$m"
+    done
+}
+
 teardown() {
     local rc=$?
     set +e
@@ -121,14 +132,17 @@ teardown() {
         done
     fi
     # nspawn mounts only inside its own mount namespace, which died with it;
-    # make sure before deleting anything.
-    if findmnt -rn -o TARGET | grep -q "^$run"; then
-        log "teardown: mounts left under $run, unmounting"
-        findmnt -rn -o TARGET | grep "^$run" | sort -r | xargs -r -n1 umount -l
-    fi
+    # debootstrap mounts /proc, /sys (and may bind /dev) into its target.
+    unmount_under "$run"
+    unmount_under "$work/rootfs-build"
     [ -f "$run/console.log" ] && mkdir -p "$logs" && cp "$run/console.log" "$logs/"
-    rm -rf "$run"
-    # nspawn leaves /run/systemd/nspawn/{locks,propagate}; remove them if this run made them.
+    # nspawn removes its image lock and propagation directory when it exits
+    # cleanly, not when it was killed: remove ours (named for our rootfs's
+    # device:inode and for our machine name).
+    [ -n "$rootfs_lock" ] && rm -f "/run/systemd/nspawn/locks/inode-$rootfs_lock"
+    rm -rf "/run/systemd/nspawn/propagate/$machine"
+    rm -rf --one-file-system "$run" "$work/rootfs-build"
+    # /run/systemd/nspawn/{locks,propagate}: remove them if this run made them.
     if [ -n "$made_nspawn_run_dir" ]; then
         rmdir /run/systemd/nspawn/propagate /run/systemd/nspawn/locks /run/systemd/nspawn 2>/dev/null
     fi
@@ -206,11 +220,27 @@ exec 9>"$work/lock"
 flock -n 9 || { echo "e2e: another run holds $work/lock" >&2; echo "e2e: 0 passed, 1 failed"; exit 1; }
 trap teardown EXIT
 trap 'exit 130' INT TERM
-if findmnt -rn -o TARGET | grep -q "^$run"; then
-    die "mounts under $run from an earlier run: unmount them first"
-fi
-rm -rf "$run" "$logs"
+unmount_under "$run"
+unmount_under "$work/rootfs-build"
+rm -rf --one-file-system "$run" "$logs" "$work/rootfs-build"
 mkdir -p "$run"
+# A cgroup of our own in each writable hierarchy that systemd uses:
+# debootstrap and the container run in it (the container's systemd gets it
+# delegated), and teardown kills it whole.
+for h in /sys/fs/cgroup /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
+    fstype=$(stat -f -c %T "$h" 2>/dev/null)
+    if [ "$fstype" = cgroup2fs ] || { [ "$h" = /sys/fs/cgroup/systemd ] && [ "$fstype" = cgroupfs ]; }; then
+        mkdir "$h/$machine" || die "create cgroup $h/$machine"
+        cgroups+=("$h/$machine")
+    fi
+done
+[ ${#cgroups[@]} -gt 0 ] || die "no writable systemd or cgroup2 hierarchy"
+# in_cgroup CMD... &: run CMD in the test's cgroup. Only in the background:
+# it execs CMD in the subshell that `&` made, so $! is CMD's own pid.
+in_cgroup() {
+    for cg in "${cgroups[@]}"; do echo "$BASHPID" >"$cg/cgroup.procs"; done
+    exec "$@"
+}
 
 phase "build .deb"
 deb=$(WARDEN_BIN=${E2E_WARDEN_BIN:-} bash "$repo/packaging/build-deb.sh" 2>"$run/build.log" | tail -n1)
@@ -229,17 +259,17 @@ phase "rootfs"
 if [ -f "$cache" ]; then
     log "reusing $cache"
 else
-    rm -rf "$work/rootfs-build"
-    if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,adduser,procps \
-        bookworm "$work/rootfs-build" "$mirror" >"$run/debootstrap.log" 2>&1; then
+    in_cgroup debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,adduser,procps \
+        bookworm "$work/rootfs-build" "$mirror" >"$run/debootstrap.log" 2>&1 &
+    if ! wait $!; then
         tail -n 20 "$run/debootstrap.log"
-        rm -rf "$work/rootfs-build"
         die "debootstrap bookworm"
     fi
     # No apt lists or .debs in the cache: nothing in the test downloads.
     rm -rf "$work/rootfs-build/var/cache/apt/archives/"*.deb
-    tar -C "$work/rootfs-build" -cf "$cache.tmp" . && mv "$cache.tmp" "$cache"
-    rm -rf "$work/rootfs-build"
+    unmount_under "$work/rootfs-build"
+    tar -C "$work/rootfs-build" -cf "$cache.tmp" . && mv "$cache.tmp" "$cache" || die "write $cache"
+    rm -rf --one-file-system "$work/rootfs-build"
 fi
 mkdir -p "$run/rootfs"
 tar -C "$run/rootfs" -xf "$cache" || die "unpack the rootfs"
@@ -247,22 +277,11 @@ cp "$deb" "$run/rootfs/root/warden.deb"
 pass "rootfs ready ($(du -sm "$run/rootfs" | cut -f1) MiB)"
 
 phase "boot container"
-# A cgroup of our own in each writable hierarchy that systemd uses: the
-# container's systemd gets it delegated, and teardown kills it whole.
-for h in /sys/fs/cgroup /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
-    fstype=$(stat -f -c %T "$h" 2>/dev/null)
-    if [ "$fstype" = cgroup2fs ] || { [ "$h" = /sys/fs/cgroup/systemd ] && [ "$fstype" = cgroupfs ]; }; then
-        mkdir "$h/$machine" || die "create cgroup $h/$machine"
-        cgroups+=("$h/$machine")
-    fi
-done
-[ ${#cgroups[@]} -gt 0 ] || die "no writable systemd or cgroup2 hierarchy"
 [ -d /run/systemd/nspawn ] || made_nspawn_run_dir=1
-(
-    for cg in "${cgroups[@]}"; do echo "$BASHPID" >"$cg/cgroup.procs"; done
-    exec systemd-nspawn --quiet --register=no --keep-unit --private-network \
-        --machine="$machine" --console=read-only -D "$run/rootfs" -b
-) >"$run/console.log" 2>&1 </dev/null &
+rootfs_lock=$(stat -c '%d:%i' "$run/rootfs")
+in_cgroup systemd-nspawn --quiet --register=no --keep-unit --private-network \
+    --machine="$machine" --console=read-only -D "$run/rootfs" -b \
+    >"$run/console.log" 2>&1 </dev/null &
 nspawn_pid=$!
 for _ in $(seq 100); do
     leader=$(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null | awk '{print $1}')
