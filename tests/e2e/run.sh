@@ -219,7 +219,7 @@ mkdir -p "$work"
 exec 9>"$work/lock"
 flock -n 9 || { echo "e2e: another run holds $work/lock" >&2; echo "e2e: 0 passed, 1 failed"; exit 1; }
 trap teardown EXIT
-trap 'exit 130' INT TERM
+trap 'fail "interrupted by a signal"; exit 130' INT TERM
 unmount_under "$run"
 unmount_under "$work/rootfs-build"
 rm -rf --one-file-system "$run" "$logs" "$work/rootfs-build"
