@@ -23,13 +23,18 @@ fn hostile_agents() -> String {
     .concat()
 }
 
+/// The runaway monitors would (rightly) halt these workloads by themselves;
+/// tests of the other halt levers switch them off.
+const NO_RUNAWAY: &str =
+    "[limits]\ndisable = [\"pids\", \"fork_rate\", \"busy_loop\", \"crash_loop\", \"memory\"]\n";
+
 fn touch(p: &std::path::Path) {
     std::fs::write(p, b"").unwrap();
 }
 
 #[test]
 fn stop_file_hard_halt_leaves_nothing_and_latches() {
-    let mut env = Env::new("", &hostile_agents());
+    let mut env = Env::new(NO_RUNAWAY, &hostile_agents());
     env.start();
     // 5 + 5 + 5 escapees, plus the respawner and the bomb filling their pids_max.
     env.wait_procs(40);
@@ -229,7 +234,7 @@ fn memory_hog_and_fork_bomb_are_contained() {
         agent("bomb", workload::FORK_BOMB, 0, "pids_max = 25"),
     ]
     .concat();
-    let mut env = Env::new("", &agents);
+    let mut env = Env::new(NO_RUNAWAY, &agents);
     env.start();
     // The hog is killed by the kernel at its limit.
     env.wait_for("hog OOM-killed", T, || {
@@ -272,7 +277,10 @@ fn restart_policy_and_crash_loop_breaker() {
         agent("once", "exit 0", 0, "restart = \"on-failure\""),
     ]
     .concat();
-    let mut env = Env::new("crash_loop = { exits = 3, window = \"30s\" }", &agents);
+    let mut env = Env::new(
+        "crash_loop = { exits = 3, window = \"30s\" }\ncrash_loop_action = \"fail\"",
+        &agents,
+    );
     env.start();
     env.wait_for("crash loop breaker", T, || {
         env.agent("crasher")["state"] == "failed"
