@@ -1233,11 +1233,14 @@ impl Daemon {
                 continue;
             }
             let stats = cg.stats().unwrap_or_default();
+            let pids = cg.procs().unwrap_or_default();
             let sample = monitor::Sample {
                 cpu_usec: stats.cpu_usage_usec,
+                cpu_stall_usec: stats.cpu_stall_usec,
+                proc_io: monitor::proc_write_bytes(&pids),
                 memory: stats.memory_current,
                 memory_max: s.cfg.memory_max.map(|b| b.0),
-                pids: cg.procs().unwrap_or_default(),
+                pids,
                 pids_max: s.cfg.pids_max,
                 io_write: stats.io_write_bytes,
             };

@@ -235,6 +235,11 @@ impl Breach {
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
     pub cpu_usec: Option<u64>,
+    /// PSI stall of the cgroup: time runnable but not running.
+    pub cpu_stall_usec: Option<u64>,
+    /// (pid, write_bytes) from /proc/PID/io, where the cgroup has no usable
+    /// block-I/O counter (v1 blkio counts only throttled cgroups).
+    pub proc_io: Vec<(i32, u64)>,
     pub memory: Option<u64>,
     pub memory_max: Option<u64>,
     pub pids: Vec<i32>,
@@ -247,7 +252,10 @@ pub struct Sample {
 pub struct AgentWatch {
     pub name: String,
     pub t: Thresholds,
-    last: Option<(Instant, Option<u64>, BTreeSet<i32>)>,
+    last: Option<(Instant, Option<u64>, Option<u64>, BTreeSet<i32>)>,
+    /// Per-pid write_bytes last seen, and the sum of their growth.
+    io_seen: BTreeMap<i32, u64>,
+    io_total: u64,
     busy_since: Option<Instant>,
     io: VecDeque<(Instant, u64)>,
     tasks: VecDeque<Instant>,
@@ -271,6 +279,8 @@ impl AgentWatch {
             name: name.into(),
             t,
             last: None,
+            io_seen: BTreeMap::new(),
+            io_total: 0,
             busy_since: None,
             io: VecDeque::new(),
             tasks: VecDeque::new(),
@@ -284,6 +294,7 @@ impl AgentWatch {
         self.last = None;
         self.busy_since = None;
         self.io.clear();
+        self.io_seen.clear();
     }
 
     fn breach(&self, monitor: &str, value: String, threshold: String) -> Breach {
@@ -301,12 +312,18 @@ impl AgentWatch {
         let pids: BTreeSet<i32> = s.pids.iter().copied().collect();
         let mut breach = None;
 
-        if let Some((then, cpu_then, pids_then)) = &self.last {
+        if let Some((then, cpu_then, stall_then, pids_then)) = &self.last {
             let dt = now.duration_since(*then).as_secs_f64();
             if dt > 0.0 {
-                // CPU: fraction of one core since the last sample.
+                // CPU demand, in cores, since the last sample: time used plus
+                // time spent runnable but waiting, so a busy loop on a
+                // contended machine still counts as one.
                 if let (Some(a), Some(b)) = (cpu_then, s.cpu_usec) {
-                    let frac = b.saturating_sub(*a) as f64 / 1e6 / dt;
+                    let stall = match (stall_then, s.cpu_stall_usec) {
+                        (Some(x), Some(y)) => y.saturating_sub(*x),
+                        _ => 0,
+                    };
+                    let frac = (b.saturating_sub(*a) + stall) as f64 / 1e6 / dt;
                     self.readings
                         .insert("cpu".into(), r(frac, t.busy_cpu, "cores"));
                     if frac >= t.busy_cpu {
@@ -379,7 +396,18 @@ impl AgentWatch {
                 ));
             }
         }
-        if let Some(w) = s.io_write {
+        for (pid, w) in &s.proc_io {
+            let before = self.io_seen.insert(*pid, *w).unwrap_or(0);
+            self.io_total += w.saturating_sub(before);
+        }
+        let live: BTreeSet<i32> = s.proc_io.iter().map(|(p, _)| *p).collect();
+        self.io_seen.retain(|p, _| live.contains(p));
+        let io_write = match s.io_write {
+            Some(c) if c >= self.io_total => Some(c),
+            _ if !s.proc_io.is_empty() || self.io_total > 0 => Some(self.io_total),
+            other => other,
+        };
+        if let Some(w) = io_write {
             self.io.push_back((now, w));
             while let Some((at, _)) = self.io.front() {
                 if now.duration_since(*at) > t.disk_window {
@@ -410,7 +438,7 @@ impl AgentWatch {
                 ));
             }
         }
-        self.last = Some((now, s.cpu_usec, pids));
+        self.last = Some((now, s.cpu_usec, s.cpu_stall_usec, pids));
         breach
     }
 
@@ -525,6 +553,22 @@ pub fn check_host(
         }
     }
     breach
+}
+
+/// write_bytes of each process from /proc/PID/io.
+pub fn proc_write_bytes(pids: &[i32]) -> Vec<(i32, u64)> {
+    pids.iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/io")).ok()?;
+            let w = text
+                .lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((*p, w))
+        })
+        .collect()
 }
 
 /// Reads the host sample from /proc and statvfs.
@@ -679,6 +723,38 @@ mod tests {
             w.sample(&s, t0 + Duration::from_secs(17)).unwrap().monitor,
             "disk_write"
         );
+    }
+
+    #[test]
+    fn cpu_demand_counts_stall() {
+        let mut w = AgentWatch::new("a", t());
+        let t0 = Instant::now();
+        let s = |cpu, stall| Sample {
+            cpu_usec: Some(cpu),
+            cpu_stall_usec: Some(stall),
+            ..Sample::default()
+        };
+        w.sample(&s(0, 0), t0);
+        // 50 % used, 49 % waiting for a CPU: a busy loop on a contended host.
+        w.sample(&s(500_000, 490_000), t0 + Duration::from_secs(1));
+        assert!((w.readings["cpu"].value - 0.99).abs() < 1e-9);
+    }
+
+    #[test]
+    fn proc_io_accumulates_across_exits() {
+        let mut w = AgentWatch::new("a", t());
+        let t0 = Instant::now();
+        let s = |io: Vec<(i32, u64)>| Sample {
+            io_write: Some(0),
+            proc_io: io,
+            ..Sample::default()
+        };
+        w.sample(&s(vec![(1, 400), (2, 300)]), t0);
+        // pid 2 exited: its 300 bytes still count.
+        w.sample(&s(vec![(1, 600)]), t0 + Duration::from_secs(1));
+        w.sample(&s(vec![(1, 600), (3, 500)]), t0 + Duration::from_secs(2));
+        // 700 at the first sample, 1400 at the last: 700 written within the window.
+        assert_eq!(w.readings["disk_write"].value, 700.0);
     }
 
     #[test]
