@@ -247,12 +247,15 @@ pub struct Sample {
     pub io_write: Option<u64>,
 }
 
+/// (time, cpu usage, cpu stall, pids) of the previous sample.
+type LastSample = (Instant, Option<u64>, Option<u64>, BTreeSet<i32>);
+
 /// The watch state of one agent.
 #[derive(Debug)]
 pub struct AgentWatch {
     pub name: String,
     pub t: Thresholds,
-    last: Option<(Instant, Option<u64>, Option<u64>, BTreeSet<i32>)>,
+    last: Option<LastSample>,
     /// Per-pid write_bytes last seen, and the sum of their growth.
     io_seen: BTreeMap<i32, u64>,
     io_total: u64,
