@@ -98,6 +98,8 @@ struct Slot {
     wake: Option<Instant>,
     /// Safety monitors of this agent.
     watch: AgentWatch,
+    /// Kernel limit-hit counters at the last sample (memory.max, pids.max).
+    limit_hits: (u64, u64),
 }
 
 pub struct Daemon {
@@ -276,6 +278,7 @@ impl Daemon {
                     unenforced: Vec::new(),
                     wake: None,
                     watch: AgentWatch::new(a.name(), cfg.thresholds(a)),
+                    limit_hits: (0, 0),
                 },
             );
         }
@@ -935,6 +938,7 @@ impl Daemon {
             Ok((pid, out, err)) => {
                 s.sm.handle(Event::Spawned { pid }, now);
                 s.watch.reset();
+                s.limit_hits = (0, 0);
                 s.log.note(&format!("started pid {pid}"));
                 tokio::spawn(s.log.clone().drain(out));
                 tokio::spawn(s.log.clone().drain(err));
@@ -1225,7 +1229,8 @@ impl Daemon {
     /// Samples every running agent and the host; returns the first breach.
     fn sample_monitors(&mut self, now: Instant) -> Option<monitor::Breach> {
         let mut first = None;
-        for s in self.slots.values_mut() {
+        let mut hits = Vec::new();
+        for (name, s) in self.slots.iter_mut() {
             let Some(cg) = s.cgroup.as_ref() else {
                 continue;
             };
@@ -1233,6 +1238,18 @@ impl Daemon {
                 continue;
             }
             let stats = cg.stats().unwrap_or_default();
+            let now_hits = (
+                stats.memory_events_max.unwrap_or(0),
+                stats.pids_events_max.unwrap_or(0),
+            );
+            if now_hits.0 > s.limit_hits.0 || now_hits.1 > s.limit_hits.1 {
+                hits.push((
+                    name.clone(),
+                    now_hits.0 - s.limit_hits.0.min(now_hits.0),
+                    now_hits.1 - s.limit_hits.1.min(now_hits.1),
+                ));
+            }
+            s.limit_hits = now_hits;
             let pids = cg.procs().unwrap_or_default();
             let sample = monitor::Sample {
                 cpu_usec: stats.cpu_usage_usec,
@@ -1247,6 +1264,16 @@ impl Daemon {
             if let Some(b) = s.watch.sample(&sample, now) {
                 first.get_or_insert(b);
             }
+        }
+        // The kernel refused memory or a fork: audited, not itself a halt
+        // (the memory and pids monitors decide that).
+        for (name, mem, pids) in hits {
+            let _ = self.audit.record(ev(
+                "limit_hit",
+                Some(&name),
+                None,
+                json!({"memory_max_events": mem, "pids_max_events": pids}),
+            ));
         }
         let paths = [self.cfg.state_dir.as_path(), self.cfg.log_dir.as_path()];
         let host = monitor::sample_host(&paths);
