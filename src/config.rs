@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::monitor::{LimitsConfig, Thresholds};
+
 /// The configuration used by `warden demo` and as the package's default.
 pub const DEFAULT_SOCKET: &str = "/run/warden/control.sock";
 /// Where the CLI looks for the socket path when `--socket` is not given.
@@ -170,6 +172,38 @@ impl Default for CrashLoop {
     }
 }
 
+/// See [`Config::crash_loop_action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CrashLoopAction {
+    #[default]
+    Halt,
+    Fail,
+}
+
+/// `watchdog = { device = "/dev/watchdog", timeout = "30s" }`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    pub device: PathBuf,
+    /// Set with WDIOC_SETTIMEOUT; the machine resets this long after the last ping.
+    #[serde(default = "default_wd_timeout")]
+    pub timeout: Dur,
+    /// Ping period while healthy (default: a quarter of the timeout, at most 1s).
+    pub interval: Option<Dur>,
+    /// Never disarm on exit (no magic close).
+    #[serde(default)]
+    pub nowayout: bool,
+}
+
+fn default_wd_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn default_monitor_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
 /// One `[[agent]]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +242,9 @@ pub struct AgentConfig {
     /// Start with the daemon (default true); otherwise only on `warden start`.
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// Safety-monitor thresholds for this agent, over the daemon's `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn yes() -> bool {
@@ -296,6 +333,28 @@ pub struct Config {
     pub restart_backoff_max: Dur,
     #[serde(default)]
     pub crash_loop: CrashLoop,
+    /// What a crash loop does: `halt` (hard halt, SAFE MODE) or `fail` (only
+    /// that agent goes to `failed`).
+    #[serde(default)]
+    pub crash_loop_action: CrashLoopAction,
+    /// Safety-monitor thresholds for every agent and the host.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// How often the monitors sample the kernel.
+    #[serde(default = "default_monitor_interval")]
+    pub monitor_interval: Dur,
+    /// Extra paths whose change while the daemon runs is a critical violation
+    /// (warden's binary, its config and unit file are always protected).
+    #[serde(default)]
+    pub protected_paths: Vec<PathBuf>,
+    /// Hardware watchdog, pinged only while every health check passes.
+    pub watchdog: Option<WatchdogConfig>,
+    /// Ed25519 public key (PEM) whose signed authorization `resume` requires.
+    pub resume_key: Option<PathBuf>,
+    /// Sign the audit head into a checkpoint every this many entries.
+    pub checkpoint_every: Option<u64>,
+    /// Command (argv) that receives each signed checkpoint as JSON on stdin.
+    pub witness_command: Option<Vec<String>>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
@@ -373,6 +432,42 @@ impl Config {
                 "must not exceed restart_backoff_max".into(),
             ));
         }
+        if let Err(e) = Thresholds::validate(&self.limits) {
+            return Err(top("limits", e));
+        }
+        if self.monitor_interval.0 < Duration::from_millis(10) {
+            return Err(top("monitor_interval", "must be at least 10ms".into()));
+        }
+        for p in &self.protected_paths {
+            if !p.is_absolute() {
+                return Err(top(
+                    "protected_paths",
+                    format!("must be absolute paths, got {}", p.display()),
+                ));
+            }
+        }
+        if let Some(w) = &self.watchdog {
+            if !w.device.is_absolute() {
+                return Err(top("watchdog", "device must be an absolute path".into()));
+            }
+            if w.timeout.0 < Duration::from_secs(1) {
+                return Err(top("watchdog", "timeout must be at least 1s".into()));
+            }
+            if w.interval
+                .is_some_and(|i| i.0.is_zero() || i.0 >= w.timeout.0)
+            {
+                return Err(top(
+                    "watchdog",
+                    "interval must be shorter than timeout".into(),
+                ));
+            }
+        }
+        if self.witness_command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(top("witness_command", "must not be empty".into()));
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(top("checkpoint_every", "must be at least 1".into()));
+        }
         let mut seen = HashSet::new();
         for a in &self.agents {
             let name = a.name.get_ref();
@@ -443,6 +538,9 @@ impl Config {
                     ));
                 }
             }
+            if let Err(e) = Thresholds::validate(&a.limits) {
+                return Err(invalid(a.name.span(), format!("agent {name}: limits: {e}")));
+            }
             if let Some(u) = &a.umask {
                 if u32::from_str_radix(u, 8).map(|v| v > 0o777).unwrap_or(true) {
                     return Err(invalid(
@@ -489,7 +587,19 @@ impl Config {
         self.state_dir.join("safe-mode.latch")
     }
     pub fn clean_marker_path(&self) -> PathBuf {
-        self.state_dir.join("clean-shutdown")
+        self.state_dir.join("running")
+    }
+    /// Thresholds of one agent: defaults, `[limits]`, then its own.
+    pub fn thresholds(&self, a: &AgentConfig) -> Thresholds {
+        Thresholds::resolve(&[&self.limits, &a.limits])
+    }
+    /// The watchdog ping period.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog.as_ref().map(|w| {
+            w.interval
+                .map(|i| i.0)
+                .unwrap_or_else(|| (w.timeout.0 / 4).min(Duration::from_secs(1)))
+        })
     }
 }
 
@@ -657,6 +767,31 @@ restart    = "on-failure"
         assert!(e.contains("state_dir") && e.contains("line 1"), "{e}");
         let e = err("cgroup_root = \"warden\"\n");
         assert!(e.contains("cgroup_root"), "{e}");
+    }
+
+    #[test]
+    fn safety_keys() {
+        let c = parse(
+            "monitor_interval = \"250ms\"\nprotected_paths = [\"/etc/x\"]\n\
+             watchdog = { device = \"/dev/watchdog\", timeout = \"10s\" }\n\
+             [limits]\nbusy_loop = \"30s\"\nfork_rate = 20\n\
+             [[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\n[agent.limits]\nfork_rate = 5\n",
+        )
+        .unwrap();
+        let t = c.thresholds(&c.agents[0]);
+        assert_eq!(t.fork_rate, 5.0);
+        assert_eq!(t.busy_loop, Duration::from_secs(30));
+        assert_eq!(c.watchdog_interval(), Some(Duration::from_millis(1000)));
+        let e = err("[limits]\nbusy_cpu = 2.0\n");
+        assert!(e.contains("busy_cpu"), "{e}");
+        let e = err("[limits]\nbusy_lop = \"1s\"\n");
+        assert!(e.contains("busy_lop") && e.contains("line 2"), "{e}");
+        let e = err(
+            "watchdog = { device = \"/dev/watchdog\", timeout = \"10s\", interval = \"20s\" }\n",
+        );
+        assert!(e.contains("interval"), "{e}");
+        let e = err("crash_loop_action = \"explode\"\n");
+        assert!(e.contains("explode"), "{e}");
     }
 
     #[test]

@@ -25,9 +25,12 @@ use crate::control::{ErrorKind, Request, Response};
 use crate::guard::Guard;
 use crate::halt::{self, Member};
 use crate::logs::AgentLog;
+use crate::monitor::{self, AgentWatch, Breach, Reading, Thresholds};
+use crate::protect::Protect;
 use crate::safemode::{self, Latch};
 use crate::stopfile::StopFile;
 use crate::supervisor::{self, Action, Event, ExitStatus, State};
+use crate::watchdog::{Hardware, Health, Pinger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,6 +54,8 @@ pub enum DaemonError {
     Audit(#[from] audit::AuditError),
     #[error(transparent)]
     StopFile(#[from] crate::stopfile::StopFileError),
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::WatchdogError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -91,6 +96,10 @@ struct Slot {
     /// Limits asked for that the host cannot enforce (started with `warn`).
     unenforced: Vec<&'static str>,
     wake: Option<Instant>,
+    /// Safety monitors of this agent.
+    watch: AgentWatch,
+    /// Kernel limit-hit counters at the last sample (memory.max, pids.max).
+    limit_hits: (u64, u64),
 }
 
 pub struct Daemon {
@@ -110,6 +119,16 @@ pub struct Daemon {
     pending_survivors: bool,
     /// Set when the loop should end (demo after a halt).
     exit_requested: bool,
+    /// Self-modification watch.
+    protect: Protect,
+    /// systemd and hardware watchdogs.
+    pinger: Pinger,
+    /// Host monitors: thresholds and current readings.
+    host_limits: Thresholds,
+    host_readings: BTreeMap<String, Reading>,
+    next_monitor: Instant,
+    /// The stop file watch was lost and the halt for it already ran.
+    stop_watch_halted: bool,
 }
 
 fn required_caps() -> Result<(), DaemonError> {
@@ -258,10 +277,34 @@ impl Daemon {
                     log: AgentLog::new(&cfg.log_dir, a.name()),
                     unenforced: Vec::new(),
                     wake: None,
+                    watch: AgentWatch::new(a.name(), cfg.thresholds(a)),
+                    limit_hits: (0, 0),
                 },
             );
         }
+        let mut protected = crate::protect::default_paths(&opts.config_path);
+        protected.extend(cfg.protected_paths.iter().cloned());
+        protected.extend(cfg.resume_key.iter().cloned());
+        let protect = Protect::new(&protected)
+            .map_err(io_err("cannot watch protected paths", Path::new("/")))?;
+        let hardware = cfg.watchdog.as_ref().map(Hardware::open).transpose()?;
+        let pinger = Pinger::new(hardware, cfg.watchdog_interval());
+        audit.record(ev(
+            "monitors",
+            None,
+            None,
+            json!({"protected_paths": protect.paths, "limits": format!("{:?}", cfg.limits),
+                   "watchdog": cfg.watchdog.as_ref().map(|w| w.device.clone()),
+                   "systemd_watchdog": pinger.enabled()}),
+        ))?;
+        let host_limits = Thresholds::resolve(&[&cfg.limits]);
         let mut d = Daemon {
+            protect,
+            pinger,
+            host_limits,
+            host_readings: BTreeMap::new(),
+            next_monitor: Instant::now(),
+            stop_watch_halted: false,
             mode: Mode::Running,
             cg,
             audit,
@@ -501,7 +544,20 @@ impl Daemon {
             }
         }
 
+        let protect_async = match self
+            .protect
+            .fd()
+            .try_clone_to_owned()
+            .and_then(crate::sys::async_readable)
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cannot watch protected paths: {e}");
+                return 1;
+            }
+        };
         enum Wake {
+            Protect,
             StopFile,
             Term,
             Int,
@@ -528,6 +584,10 @@ impl Daemon {
                     if let Ok(mut g) = r { g.clear_ready(); }
                     Wake::StopFile
                 }
+                r = protect_async.readable() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    Wake::Protect
+                }
                 _ = sigint.recv() => Wake::Int,
                 _ = sigterm.recv() => Wake::Term,
                 _ = sigchld.recv() => Wake::Child,
@@ -537,6 +597,19 @@ impl Daemon {
             };
             let now = Instant::now();
             match wake {
+                Wake::Protect => {
+                    if let Some(v) = self.protect.read() {
+                        self.breach(
+                            Breach {
+                                monitor: "self_modification".into(),
+                                agent: None,
+                                value: format!("{} {}", v.path.display(), v.what),
+                                threshold: "no change while warden runs".into(),
+                            },
+                            now,
+                        );
+                    }
+                }
                 Wake::StopFile => {
                     if self.stop.on_readable() {
                         self.on_stop_file(now);
@@ -556,8 +629,11 @@ impl Daemon {
                 }
                 Wake::Cmd(Some(c)) => self.command(c, now),
                 Wake::Cmd(None) => {}
-                Wake::Timer => self.tick(now),
+                Wake::Timer => {}
             }
+            // Timers, monitors and watchdog pings run on every turn that they
+            // are due, whatever woke the loop.
+            self.tick(Instant::now());
         }
         self.finish();
         0
@@ -565,7 +641,9 @@ impl Daemon {
 
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
-        let mut next = now + Duration::from_secs(1);
+        let mut next = (now + Duration::from_secs(1))
+            .min(self.next_monitor)
+            .min(self.pinger.next());
         for s in self.slots.values() {
             if let Some(w) = s.wake {
                 next = next.min(w);
@@ -772,6 +850,9 @@ impl Daemon {
         if let Some(g) = self.guard.take() {
             g.finish_clean();
         }
+        if let Some(h) = self.pinger.hardware.take() {
+            h.close_orderly();
+        }
         tracing::info!("warden exited cleanly");
     }
 
@@ -812,6 +893,25 @@ impl Daemon {
             }
         }
         let after = self.slots[name].sm.state.name();
+        if let State::Failed { reason } = &self.slots[name].sm.state {
+            if before != "failed"
+                && reason.starts_with("crash loop")
+                && self.cfg.crash_loop_action == crate::config::CrashLoopAction::Halt
+                && self.slots[name].watch.t.on("crash_loop")
+            {
+                let b = Breach {
+                    monitor: "crash_loop".into(),
+                    agent: Some(name.to_string()),
+                    value: reason.clone(),
+                    threshold: format!(
+                        "{} exits within {}",
+                        self.cfg.crash_loop.exits, self.cfg.crash_loop.window
+                    ),
+                };
+                self.breach(b, now);
+                return;
+            }
+        }
         if before != after {
             tracing::info!(agent = name, "{before} -> {after}");
             self.notify_status();
@@ -837,6 +937,8 @@ impl Daemon {
         match result {
             Ok((pid, out, err)) => {
                 s.sm.handle(Event::Spawned { pid }, now);
+                s.watch.reset();
+                s.limit_hits = (0, 0);
                 s.log.note(&format!("started pid {pid}"));
                 tokio::spawn(s.log.clone().drain(out));
                 tokio::spawn(s.log.clone().drain(err));
@@ -1039,6 +1141,33 @@ impl Daemon {
     }
 
     fn tick(&mut self, now: Instant) {
+        if !self.stop.watch_alive {
+            if !self.stop_watch_halted && !matches!(self.mode, Mode::Safe(_)) {
+                self.stop_watch_halted = true;
+                let reason = format!(
+                    "stop file watch on {} lost",
+                    self.cfg
+                        .stop_file
+                        .parent()
+                        .unwrap_or(Path::new("/"))
+                        .display()
+                );
+                self.hard_halt("stop_file_watch", &reason, None, now);
+            }
+            if self.stop.repair() {
+                self.stop_watch_halted = false;
+            }
+        }
+        if now >= self.next_monitor {
+            self.next_monitor = now + self.cfg.monitor_interval.0;
+            if let Some(b) = self.sample_monitors(now) {
+                self.breach(b, now);
+            }
+        }
+        if now >= self.pinger.next() {
+            let health = self.health();
+            self.pinger.tick(health, now);
+        }
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for n in &names {
             let s = &self.slots[n];
@@ -1094,6 +1223,115 @@ impl Daemon {
         }
         if !self.audit.healthy() {
             self.audit_failed("writer stopped");
+        }
+    }
+
+    /// Samples every running agent and the host; returns the first breach.
+    fn sample_monitors(&mut self, now: Instant) -> Option<monitor::Breach> {
+        let mut first = None;
+        let mut hits = Vec::new();
+        for (name, s) in self.slots.iter_mut() {
+            let Some(cg) = s.cgroup.as_ref() else {
+                continue;
+            };
+            if !matches!(s.sm.state, State::Running { .. } | State::Stopping { .. }) {
+                continue;
+            }
+            let stats = cg.stats().unwrap_or_default();
+            let now_hits = (
+                stats.memory_events_max.unwrap_or(0),
+                stats.pids_events_max.unwrap_or(0),
+            );
+            if now_hits.0 > s.limit_hits.0 || now_hits.1 > s.limit_hits.1 {
+                hits.push((
+                    name.clone(),
+                    now_hits.0 - s.limit_hits.0.min(now_hits.0),
+                    now_hits.1 - s.limit_hits.1.min(now_hits.1),
+                ));
+            }
+            s.limit_hits = now_hits;
+            let pids = cg.procs().unwrap_or_default();
+            let sample = monitor::Sample {
+                cpu_usec: stats.cpu_usage_usec,
+                cpu_stall_usec: stats.cpu_stall_usec,
+                proc_io: monitor::proc_write_bytes(&pids),
+                memory: stats.memory_current,
+                memory_max: s.cfg.memory_max.map(|b| b.0),
+                pids,
+                pids_max: s.cfg.pids_max,
+                io_write: stats.io_write_bytes,
+            };
+            if let Some(b) = s.watch.sample(&sample, now) {
+                first.get_or_insert(b);
+            }
+        }
+        // The kernel refused memory or a fork: audited, not itself a halt
+        // (the memory and pids monitors decide that).
+        for (name, mem, pids) in hits {
+            let _ = self.audit.record(ev(
+                "limit_hit",
+                Some(&name),
+                None,
+                json!({"memory_max_events": mem, "pids_max_events": pids}),
+            ));
+        }
+        let paths = [self.cfg.state_dir.as_path(), self.cfg.log_dir.as_path()];
+        let host = monitor::sample_host(&paths);
+        if let Some(b) = monitor::check_host(&self.host_limits, &host, &mut self.host_readings) {
+            first.get_or_insert(b);
+        }
+        first
+    }
+
+    /// A monitor tripped: safety event, hard halt, SAFE MODE.
+    fn breach(&mut self, b: Breach, now: Instant) {
+        if matches!(self.mode, Mode::Safe(_)) && !self.cg.agents().populated().unwrap_or(true) {
+            // Already halted and empty: record, do not halt again.
+            let _ = self.audit.record_safety(
+                ev("monitor_breach", b.agent.as_deref(), None, json!(b)),
+                self.safety("runaway_detected", &b.reason()),
+            );
+            return;
+        }
+        let reason = b.reason();
+        tracing::error!("{reason}");
+        if let Err(e) = self.audit.record_safety(
+            ev("monitor_breach", b.agent.as_deref(), None, json!(b)),
+            self.safety("runaway_detected", &reason),
+        ) {
+            tracing::error!("cannot audit breach: {e}");
+        }
+        self.hard_halt("monitor", &reason, None, now);
+    }
+
+    /// Every health check that gates the watchdog pings.
+    fn health(&self) -> Health {
+        Health {
+            main_loop: true,
+            stop_file_watch: self.stop.watch_alive,
+            audit: self.audit.healthy(),
+            cgroupfs: self.cg.agents().populated().is_ok(),
+            protect_watch: true,
+        }
+    }
+
+    /// A task reported by an agent (agent API): feeds the tasks-per-day monitor.
+    pub fn report_task(&mut self, agent: &str, now: Instant) {
+        let b = self.slots.get_mut(agent).and_then(|s| s.watch.task(now));
+        if let Some(b) = b {
+            self.breach(b, now);
+        }
+    }
+
+    /// A policy decision on an agent's request (tool broker): feeds the
+    /// governance monitor.
+    pub fn report_decision(&mut self, agent: &str, rejected: bool, now: Instant) {
+        let b = self
+            .slots
+            .get_mut(agent)
+            .and_then(|s| s.watch.governance(rejected));
+        if let Some(b) = b {
+            self.breach(b, now);
         }
     }
 
@@ -1154,7 +1392,10 @@ impl Daemon {
                 self.hard_halt("cli", &reason, Some(uid), now);
                 Response::ok(json!({"halt": self.last_halt}))
             }
-            Request::Resume { reason } => self.resume(&reason, uid),
+            Request::Resume {
+                reason,
+                authorization,
+            } => self.resume(&reason, authorization, uid),
         }
     }
 
@@ -1176,7 +1417,12 @@ impl Daemon {
         }
     }
 
-    fn resume(&mut self, reason: &str, uid: u32) -> Response {
+    fn resume(
+        &mut self,
+        reason: &str,
+        authorization: Option<serde_json::Value>,
+        uid: u32,
+    ) -> Response {
         if reason.trim().is_empty() {
             return Response::err(ErrorKind::BadRequest, "resume needs a reason");
         }
@@ -1198,12 +1444,46 @@ impl Daemon {
                 "agent cgroups are not empty yet: the halt is still being retried",
             );
         }
+        let mut authorized_by = None;
+        if let Some(key_path) = &self.cfg.resume_key {
+            let checked = (|| {
+                let a = crate::authz::parse(
+                    authorization
+                        .as_ref()
+                        .ok_or(crate::authz::AuthzError::Missing)?,
+                )?;
+                let key = crate::authz::load_public(key_path)?;
+                crate::authz::check(
+                    &a,
+                    &key,
+                    &crate::authz::host_id(),
+                    crate::evidence::now_ms(),
+                )?;
+                crate::authz::consume(
+                    &self.cfg.state_dir.join("resume-nonces"),
+                    &a.statement.nonce,
+                )?;
+                Ok::<_, crate::authz::AuthzError>(a)
+            })();
+            match checked {
+                Ok(a) => authorized_by = Some(a.statement),
+                Err(e) => {
+                    let _ = self.audit.record(ev(
+                        "resume_refused",
+                        None,
+                        Some(uid),
+                        json!({"reason": reason, "why": e.to_string()}),
+                    ));
+                    return Response::err(ErrorKind::Refused, format!("resume refused: {e}"));
+                }
+            }
+        }
         let r = self.audit.record_safety(
             ev(
                 "safe_mode_left",
                 None,
                 Some(uid),
-                json!({"reason": reason, "latch": latch}),
+                json!({"reason": reason, "latch": latch, "authorization": authorized_by}),
             ),
             Safety {
                 event: "resume".into(),
@@ -1288,6 +1568,7 @@ impl Daemon {
             "user": s.cfg.user.get_ref(),
             "limits": {"memory_max": s.cfg.memory_max.map(|b| b.0), "pids_max": s.cfg.pids_max, "cpu_max": s.cfg.cpu_max},
             "unenforced_limits": s.unenforced,
+            "monitors": s.watch.readings,
         })
     }
 
@@ -1307,6 +1588,7 @@ impl Daemon {
         json!({
             "daemon": {
                 "pid": std::process::id(),
+                "host_id": crate::authz::host_id(),
                 "version": env!("CARGO_PKG_VERSION"),
                 "state": state,
                 "safe_mode": safe,
@@ -1321,6 +1603,13 @@ impl Daemon {
                 "config": self.opts.config_path,
             },
             "agents": self.agents_json(),
+            "host_monitors": self.host_readings,
+            "health": self.pinger.last,
+            "watchdog": {
+                "enabled": self.pinger.enabled(),
+                "device": self.pinger.hardware.as_ref().map(|h| h.path().to_path_buf()),
+                "pings": self.pinger.hardware.as_ref().map(|h| h.pings),
+            },
             "last_halt": self.last_halt,
         })
     }

@@ -16,6 +16,10 @@
 //! - [`stopfile`]: the stop file watch (inotify plus an uncached stat).
 //! - [`safemode`]: the SAFE MODE latch and the clean-shutdown marker.
 //! - [`guard`]: a small process that kills every agent if the daemon dies.
+//! - [`monitor`]: the safety monitors (CPU, memory, forks, disk, host,
+//!   tasks, governance); [`protect`] watches warden's own files.
+//! - [`watchdog`]: systemd and hardware watchdog pings, gated by health.
+//! - [`authz`]: signed, single-use resume authorizations.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`control`]: the JSON-lines protocol of the control socket and its server.
 //! - [`daemon`]: wires the above into the main loop.
@@ -23,6 +27,7 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod authz;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -33,9 +38,12 @@ pub mod evidence;
 pub mod guard;
 pub mod halt;
 pub mod logs;
+pub mod monitor;
+pub mod protect;
 pub mod safemode;
 pub mod spawn;
 pub mod stopfile;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod watchdog;

@@ -87,6 +87,34 @@ impl StopFile {
         Ok(())
     }
 
+    /// Re-creates the directory if it is gone and watches it again. Returns
+    /// true when the watch is alive.
+    pub fn repair(&mut self) -> bool {
+        if self.watch_alive {
+            return true;
+        }
+        if !self.dir.is_dir() {
+            if let Err(e) = std::fs::create_dir_all(&self.dir) {
+                tracing::error!(
+                    "cannot re-create stop file directory {}: {e}",
+                    self.dir.display()
+                );
+                return false;
+            }
+        }
+        self.dir_wd = None;
+        match self.rewatch() {
+            Ok(()) => {
+                tracing::warn!("stop file watch on {} restored", self.dir.display());
+                true
+            }
+            Err(e) => {
+                tracing::error!("cannot watch {}: {e}", self.dir.display());
+                false
+            }
+        }
+    }
+
     /// Uncached check.
     pub fn present(&self) -> bool {
         present(&self.path)

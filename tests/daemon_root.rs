@@ -23,13 +23,18 @@ fn hostile_agents() -> String {
     .concat()
 }
 
+/// The runaway monitors would (rightly) halt these workloads by themselves;
+/// tests of the other halt levers switch them off.
+const NO_RUNAWAY: &str =
+    "[limits]\ndisable = [\"pids\", \"fork_rate\", \"busy_loop\", \"crash_loop\", \"memory\"]\n";
+
 fn touch(p: &std::path::Path) {
     std::fs::write(p, b"").unwrap();
 }
 
 #[test]
 fn stop_file_hard_halt_leaves_nothing_and_latches() {
-    let mut env = Env::new("", &hostile_agents());
+    let mut env = Env::new(NO_RUNAWAY, &hostile_agents());
     env.start();
     // 5 + 5 + 5 escapees, plus the respawner and the bomb filling their pids_max.
     env.wait_procs(40);
@@ -229,7 +234,7 @@ fn memory_hog_and_fork_bomb_are_contained() {
         agent("bomb", workload::FORK_BOMB, 0, "pids_max = 25"),
     ]
     .concat();
-    let mut env = Env::new("", &agents);
+    let mut env = Env::new(NO_RUNAWAY, &agents);
     env.start();
     // The hog is killed by the kernel at its limit.
     env.wait_for("hog OOM-killed", T, || {
@@ -272,7 +277,10 @@ fn restart_policy_and_crash_loop_breaker() {
         agent("once", "exit 0", 0, "restart = \"on-failure\""),
     ]
     .concat();
-    let mut env = Env::new("crash_loop = { exits = 3, window = \"30s\" }", &agents);
+    let mut env = Env::new(
+        "crash_loop = { exits = 3, window = \"30s\" }\ncrash_loop_action = \"fail\"",
+        &agents,
+    );
     env.start();
     env.wait_for("crash loop breaker", T, || {
         env.agent("crasher")["state"] == "failed"
@@ -393,4 +401,111 @@ fn demo_runs_and_reports_a_complete_halt() {
     assert!(stdout.contains("=== HALT"), "{stdout}");
     assert!(stdout.contains("survivors : none"), "{stdout}");
     assert!(stdout.contains("hostile"), "{stdout}");
+}
+
+/// A copy of /sys/fs/cgroup made of bind mounts in a private mount namespace
+/// of this test thread (the daemon, spawned from it, inherits it), with every
+/// v1 hierarchy read-only and `unified` writable: what a container started by
+/// systemd-nspawn sees on a hybrid host.
+struct NspawnView {
+    dir: tempfile::TempDir,
+    mounted: Vec<std::path::PathBuf>,
+}
+
+impl NspawnView {
+    fn new() -> NspawnView {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        let mut v = NspawnView {
+            dir: tempfile::tempdir().unwrap(),
+            mounted: vec![],
+        };
+        for h in [
+            "memory", "pids", "cpu", "cpuacct", "freezer", "blkio", "unified",
+        ] {
+            let t = v.dir.path().join(h);
+            std::fs::create_dir(&t).unwrap();
+            let src = std::path::Path::new(common::CGROUP_MOUNT).join(h);
+            mount(Some(&src), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+            v.mounted.push(t.clone());
+            if h != "unified" {
+                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                mount(None::<&str>, &t, None::<&str>, ro, None::<&str>).unwrap();
+            }
+        }
+        v
+    }
+}
+
+impl Drop for NspawnView {
+    fn drop(&mut self) {
+        for m in &self.mounted {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn read_only_controllers_refuse_limits_unless_warn() {
+    let view = NspawnView::new();
+    let agents = [
+        agent(
+            "limited",
+            workload::COOPERATIVE,
+            2,
+            "memory_max = \"64M\"\npids_max = 50",
+        ),
+        agent(
+            "warned",
+            workload::TERM_IGNORING,
+            2,
+            "memory_max = \"64M\"\nunenforced_limits = \"warn\"",
+        ),
+        agent("plain", workload::ESCAPEES, 2, ""),
+    ]
+    .concat();
+    let mut env = Env::new("", &agents);
+    env.set_top(
+        "cgroup_mount",
+        &toml::Value::String(view.dir.path().display().to_string()).to_string(),
+    );
+    env.start();
+    env.wait_for("agents settled", T, || {
+        env.agent("warned")["state"] == "running" && env.agent("plain")["state"] == "running"
+    });
+    let l = env.agent("limited");
+    assert_eq!(l["state"], "failed", "{l}");
+    let why = l["reason"].as_str().unwrap();
+    assert!(
+        why.contains("cannot enforce") && why.contains("memory_max") && why.contains("pids_max"),
+        "{why}"
+    );
+    let w = env.agent("warned");
+    assert_eq!(
+        w["unenforced_limits"],
+        serde_json::json!(["memory_max"]),
+        "{w}"
+    );
+    let (_, out, _) = env.cli(&["agents"]);
+    assert!(out.contains("UNENFORCED: memory_max"), "{out}");
+    // Freeze and kill still work through the writable unified hierarchy.
+    env.wait_procs(6);
+    touch(&env.stop_file());
+    env.wait_for("SAFE MODE", T, || {
+        env.status()["daemon"]["state"] == "safe_mode"
+    });
+    env.assert_nothing_left();
+    assert_eq!(env.status()["last_halt"]["frozen"], true);
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    drop(env);
+    drop(view);
 }

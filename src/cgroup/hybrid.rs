@@ -118,6 +118,7 @@ impl Cgroup for HybridCgroup {
             io_write_bytes: a.io_write_bytes.or(b.io_write_bytes),
             memory_events_max: a.memory_events_max.or(b.memory_events_max),
             pids_events_max: a.pids_events_max.or(b.pids_events_max),
+            cpu_stall_usec: b.cpu_stall_usec,
         })
     }
 

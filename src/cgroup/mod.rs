@@ -109,6 +109,10 @@ pub struct Stats {
     pub memory_events_max: Option<u64>,
     /// Fork attempts refused by pids.max.
     pub pids_events_max: Option<u64>,
+    /// Microseconds some task of the cgroup was runnable but waiting for a
+    /// CPU (PSI `cpu.pressure` "some total"), so demand = usage + stall.
+    #[serde(default)]
+    pub cpu_stall_usec: Option<u64>,
 }
 
 /// One cgroup (an agent's, or the parent of all agents) in every hierarchy

@@ -557,6 +557,7 @@ fn v2_stats_parsed() {
             io_write_bytes: Some(512),
             memory_events_max: Some(4),
             pids_events_max: Some(2),
+            cpu_stall_usec: None,
         }
     );
 }
@@ -607,6 +608,7 @@ fn v1_and_hybrid_stats_parsed() {
                 io_write_bytes: Some(1024),
                 memory_events_max: Some(3),
                 pids_events_max: Some(1),
+                cpu_stall_usec: None,
             },
             "{kind:?}"
         );

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod agents;
+mod authorize;
 mod check_config;
 mod daemon;
 mod demo;
@@ -75,6 +76,10 @@ pub enum Verb {
     Halt(halt::Args),
     /// Leave SAFE MODE and start the agents (refused while the stop file exists).
     Resume(resume::Args),
+    /// Sign a resume authorization offline with the resume key.
+    AuthorizeResume(authorize::Args),
+    /// Make an Ed25519 key pair for resume authorizations.
+    Keygen(authorize::KeygenArgs),
     /// The guard process (started by the daemon).
     #[command(name = "__guard", hide = true)]
     Guard(daemon::GuardArgs),
@@ -114,6 +119,8 @@ pub fn main() -> i32 {
         Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
         Verb::Halt(a) => halt::run(&socket, a),
         Verb::Resume(a) => resume::run(&socket, a),
+        Verb::AuthorizeResume(a) => authorize::run(a),
+        Verb::Keygen(a) => authorize::keygen(a),
         Verb::Guard(a) => daemon::guard(a),
     }
 }

@@ -40,6 +40,10 @@ pub enum Request {
     },
     Resume {
         reason: String,
+        /// A signed authorization (see `warden authorize-resume`), when the
+        /// daemon requires one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authorization: Option<serde_json::Value>,
     },
 }
 
@@ -111,10 +115,9 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     let raw: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
     let known = serde_json::to_value(&req).expect("request serializes");
-    if let Some(k) = raw
-        .keys()
-        .find(|k| known.get(k.as_str()).is_none() && *k != "offset")
-    {
+    if let Some(k) = raw.keys().find(|k| {
+        known.get(k.as_str()).is_none() && !["offset", "authorization"].contains(&k.as_str())
+    }) {
         return Err(format!(
             "bad request: unknown field `{k}` for command `{}`",
             req.name()

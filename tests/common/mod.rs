@@ -82,6 +82,28 @@ impl Env {
         }
     }
 
+    /// Replaces a top-level key of the config (before the daemon starts).
+    pub fn set_top(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut found = false;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&format!("{key} = ")) {
+                    found = true;
+                    format!("{key} = {value}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        let mut out = out.join("\n") + "\n";
+        if !found {
+            out = format!("{key} = {value}\n{out}");
+        }
+        std::fs::write(&self.config, out).unwrap();
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }

@@ -13,6 +13,19 @@ pub fn apply_max(dir: &Path, cores: f64) -> Result<()> {
     )
 }
 
+/// "some total=" of `cpu.pressure` (Documentation/accounting/psi.rst); None
+/// where PSI is off.
+pub fn stall_usec(dir: &Path) -> Result<Option<u64>> {
+    let Some(text) = fs::read_opt(&dir.join("cpu.pressure"))? else {
+        return Ok(None);
+    };
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+        .and_then(|v| v.parse().ok()))
+}
+
 pub fn usage_usec(dir: &Path) -> Result<Option<u64>> {
     fs::read_keyed_opt(&dir.join("cpu.stat"), "usage_usec")
 }

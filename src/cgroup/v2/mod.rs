@@ -144,6 +144,7 @@ impl Cgroup for V2Cgroup {
             io_write_bytes: io::write_bytes(&self.dir)?,
             memory_events_max: memory::events_max(&self.dir)?,
             pids_events_max: pids::events_max(&self.dir)?,
+            cpu_stall_usec: cpu::stall_usec(&self.dir)?,
         })
     }
 
