@@ -501,11 +501,16 @@ check6() {
     c rm -f /safety/STOP
     # Drop-ins of this test (E2E_NO_WATCHDOG) are not the package's to remove.
     c rm -rf /run/systemd/system/warden.service.d
-    # Reinstall = the upgrade path: postinst restarts the daemon, dpkg keeps
-    # the operator's edit of the conffile.
+    # An operator's edit of the conffile, made the supported way: warden
+    # treats a change to its config while it runs as tampering.
+    c systemctl stop warden.service
+    c sh -c 'echo "# edited by the operator" >>/etc/warden/warden.toml'
+    c systemctl start warden.service
+    check "6 config edited while stopped; agents running again" wait_for 20 agents_running
+    # Reinstall = the upgrade path, on a live daemon: prerm stops it before
+    # dpkg replaces its files, postinst starts it; dpkg keeps the edit.
     local main
     main=$(main_pid)
-    c sh -c 'echo "# edited by the operator" >>/etc/warden/warden.toml'
     t=$(now)
     if c dpkg -i --force-confold /root/warden.deb >"$run/reinstall.log" 2>&1; then
         pass "6 reinstall (upgrade path) ($(elapsed "$t"))"
@@ -518,6 +523,7 @@ check6() {
          [ \"\$(nsenter -t $leader -a systemctl is-active warden)\" = active ]"
     check "6 reinstall: edited config kept" cq grep -q "edited by the operator" /etc/warden/warden.toml
     check "6 reinstall: agents running again" wait_for 20 agents_running
+    check "6 reinstall: not in SAFE MODE (no tamper halt)" not_in_safe_mode
     t=$(now)
     if c apt-get remove -y warden >"$run/remove.log" 2>&1; then
         pass "6 apt-get remove warden ($(elapsed "$t"))"
