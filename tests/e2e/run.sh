@@ -15,6 +15,7 @@
 # Environment:
 #   E2E_WARDEN_BIN=PATH  package this binary instead of `cargo build --release`
 #   E2E_CHECKS="1 2 3 5 4 6"  which checks to run, in this order (default all)
+#   E2E_MIRROR=URL       Debian mirror for debootstrap (default deb.debian.org)
 #   E2E_NO_WATCHDOG=1    diagnosis only: run with WatchdogSec=0 (a runtime
 #                        drop-in) and count the watchdog check as failed
 # The console log and journal of the last run stay in target/e2e/last-run/.
