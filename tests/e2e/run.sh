@@ -411,6 +411,17 @@ check2() {
         show_status
         fail "2 agent back after resume"
     fi
+    # The same lever through the control socket.
+    t=$(now)
+    c warden halt --reason "e2e: halt command" >/dev/null
+    if wait_for 10 no_agents; then
+        pass "2 warden halt: every agent process gone in $(elapsed "$t")"
+    else
+        fail "2 warden halt: agents still running: $(agent_pids)"
+    fi
+    check "2 warden halt: SAFE MODE" in_safe_mode
+    c warden resume --reason "e2e: after halt command" >/dev/null
+    check "2 warden resume after halt: agent back" wait_for 20 agents_running
 }
 
 check3() {
