@@ -11,7 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::sys::fsattr;
@@ -44,13 +44,21 @@ impl SafetyLog {
             .create(true)
             .mode(0o640)
             .open(&path)?;
-        if nix::unistd::geteuid().is_root() {
-            nix::unistd::fchown(file.as_raw_fd(), Some(nix::unistd::Uid::from_raw(0)), None)
-                .map_err(std::io::Error::from)?;
+        // An existing file keeps the owner and mode it was created with:
+        // make them root and 0640. An append-only inode refuses chown and
+        // chmod, so the flag is lifted for the fix (CAP_LINUX_IMMUTABLE).
+        let meta = file.metadata()?;
+        let want_root = nix::unistd::geteuid().is_root() && meta.uid() != 0;
+        if want_root || meta.mode() & 0o7777 != 0o640 {
+            if fsattr::is_append_only(file.as_fd()).unwrap_or(false) {
+                fsattr::set_append_only(file.as_fd(), false)?;
+            }
+            if want_root {
+                nix::unistd::fchown(file.as_raw_fd(), Some(nix::unistd::Uid::from_raw(0)), None)
+                    .map_err(std::io::Error::from)?;
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
         }
-        // An existing file keeps the mode it was created with; make it 0640.
-        // (fchmod is allowed on an append-only file.)
-        file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
         let append_only = match fsattr::set_append_only(file.as_fd(), true) {
             Ok(()) => true,
             Err(e) if fsattr::is_unsupported(&e) => {
