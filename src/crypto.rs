@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 /// File name of the private key inside the keys directory.
@@ -127,14 +127,26 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey> {
 
 /// True when `sig_hex` is a valid signature of `msg` by `key`. Malformed
 /// signatures are simply invalid.
+///
+/// Only lower-case hex is accepted and verification is strict (RFC 8032
+/// canonical encodings only), so a signature has exactly one spelling: a
+/// changed character of a signed file never still verifies.
 pub fn verify_hex(key: &VerifyingKey, msg: &[u8], sig_hex: &str) -> bool {
-    let Ok(bytes) = hex::decode(sig_hex) else {
+    let Some(bytes) = decode_hex_lower(sig_hex) else {
         return false;
     };
     let Ok(sig) = Signature::from_slice(&bytes) else {
         return false;
     };
-    key.verify(msg, &sig).is_ok()
+    key.verify_strict(msg, &sig).is_ok()
+}
+
+/// Decodes lower-case hex; `None` for anything else (including upper case).
+pub fn decode_hex_lower(text: &str) -> Option<Vec<u8>> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode(text).ok()
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {

@@ -47,7 +47,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 /// hash_n from hash_{n-1} (hex) and the canonical event text. `None` when
 /// `prev_hex` is not 32 bytes of hex (a tampered row).
 pub fn chain_hash(prev_hex: &str, canonical_event: &str) -> Option<String> {
-    let prev = hex::decode(prev_hex).ok()?;
+    let prev = crypto::decode_hex_lower(prev_hex)?;
     if prev.len() != 32 {
         return None;
     }
