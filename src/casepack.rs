@@ -28,9 +28,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::chain::{self, Checkpoint, Entry};
+use crate::audit::schema;
 use crate::audit::store::{self, EvidenceRecord};
 use crate::audit::verify::{Finding, FindingKind};
-use crate::audit::schema;
 use crate::crypto;
 
 /// Value of the `format` field.
@@ -130,7 +130,8 @@ pub fn export(state_dir: &Path, halt_id: &str) -> Result<CasePack, String> {
 
 /// The file's bytes.
 pub fn to_bytes(pack: &CasePack) -> Vec<u8> {
-    let mut text = crypto::canonical_json(&serde_json::to_value(pack).expect("a case pack serializes"));
+    let mut text =
+        crypto::canonical_json(&serde_json::to_value(pack).expect("a case pack serializes"));
     text.push('\n');
     text.into_bytes()
 }
@@ -146,7 +147,10 @@ pub fn verify_pack(
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| finding(FindingKind::Unreadable, format!("not JSON: {e}")))?;
     if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-        return Err(finding(FindingKind::Unreadable, "not a warden case pack (format)"));
+        return Err(finding(
+            FindingKind::Unreadable,
+            "not a warden case pack (format)",
+        ));
     }
     if value.get("version").and_then(|v| v.as_u64()) != Some(VERSION) {
         return Err(finding(
@@ -206,10 +210,16 @@ fn verify_value(
     let mut seq = start_seq;
     for e in &pack.entries {
         if e.seq != seq + 1 {
-            return Err(finding(Deleted, format!("entry {} follows entry {seq}", e.seq)));
+            return Err(finding(
+                Deleted,
+                format!("entry {} follows entry {seq}", e.seq),
+            ));
         }
         if e.prev_hash != prev || e.expected_hash().as_deref() != Some(e.hash.as_str()) {
-            return Err(finding(Edited, format!("entry {} does not chain: it was changed", e.seq)));
+            return Err(finding(
+                Edited,
+                format!("entry {} does not chain: it was changed", e.seq),
+            ));
         }
         prev = e.hash.clone();
         seq = e.seq;
@@ -229,36 +239,62 @@ fn verify_value(
         .entries
         .iter()
         .find(|e| e.seq == pack.halt_seq)
-        .ok_or_else(|| finding(Edited, format!("halt_seq {} is not in the slice", pack.halt_seq)))?;
+        .ok_or_else(|| {
+            finding(
+                Edited,
+                format!("halt_seq {} is not in the slice", pack.halt_seq),
+            )
+        })?;
     let field = |name: &str| halt.data.get(name).and_then(|v| v.as_str());
     if halt.kind != "halt" || field("halt_id") != Some(pack.halt_id.as_str()) {
-        return Err(finding(Edited, format!("entry {} is not the halt entry of {}", halt.seq, pack.halt_id)));
+        return Err(finding(
+            Edited,
+            format!(
+                "entry {} is not the halt entry of {}",
+                halt.seq, pack.halt_id
+            ),
+        ));
     }
     let ev = &pack.evidence;
     if field("evidence_id") != Some(ev.id.as_str())
         || field("evidence_sha256") != Some(ev.sha256.as_str())
         || ev.halt_id != pack.halt_id
     {
-        return Err(finding(Edited, "the halt entry does not name this evidence"));
+        return Err(finding(
+            Edited,
+            "the halt entry does not name this evidence",
+        ));
     }
     if crypto::sha256_hex(crypto::canonical_json(&ev.data).as_bytes()) != ev.sha256 {
-        return Err(finding(Edited, "the evidence does not hash to its SHA-256: it was changed"));
+        return Err(finding(
+            Edited,
+            "the evidence does not hash to its SHA-256: it was changed",
+        ));
     }
     if ev.key_id != key_id || !crypto::verify_hex(&key, ev.statement().as_bytes(), &ev.signature) {
-        return Err(finding(WrongKey, "the evidence is not signed by the pack's key"));
+        return Err(finding(
+            WrongKey,
+            "the evidence is not signed by the pack's key",
+        ));
     }
     if let Some(cp) = &pack.start {
         if !cp.verify(&key) {
             return Err(finding(
                 WrongKey,
-                format!("start checkpoint (seq {}) is not signed by the pack's key", cp.seq),
+                format!(
+                    "start checkpoint (seq {}) is not signed by the pack's key",
+                    cp.seq
+                ),
             ));
         }
     }
     if !pack.end.verify(&key) {
         return Err(finding(
             WrongKey,
-            format!("end checkpoint (seq {}) is not signed by the pack's key", pack.end.seq),
+            format!(
+                "end checkpoint (seq {}) is not signed by the pack's key",
+                pack.end.seq
+            ),
         ));
     }
     Ok(())

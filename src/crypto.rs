@@ -355,7 +355,11 @@ mod tests {
         assert_eq!(mode(&keys), 0o700);
         assert_eq!(mode(&keys.join(PRIVATE_KEY_FILE)), 0o600);
         assert_eq!(mode(&keys.join(PUBLIC_KEY_FILE)), 0o644);
-        fs::set_permissions(keys.join(PRIVATE_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(
+            keys.join(PRIVATE_KEY_FILE),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let err = load_or_generate(&keys).unwrap_err().to_string();
         assert!(err.contains("group or others"), "{err}");
     }

@@ -107,14 +107,20 @@ fn any_changed_byte_fails() {
     let started = std::time::Instant::now();
     // Every position changed one way, every third two more ways.
     for pos in 0..bytes.len() {
-        let flips: &[u8] = if pos % 3 == 0 { &[0x01, 0x20, 0x80] } else { &[0x01] };
+        let flips: &[u8] = if pos % 3 == 0 {
+            &[0x01, 0x20, 0x80]
+        } else {
+            &[0x01]
+        };
         for &flip in flips {
             let mut bad = bytes.clone();
             bad[pos] ^= flip;
             assert!(
                 casepack::verify_pack(&bad, None).is_err(),
                 "flipping {flip:#x} at byte {pos} ({:?}) went unnoticed",
-                String::from_utf8_lossy(&bytes[pos.saturating_sub(20)..(pos + 20).min(bytes.len())])
+                String::from_utf8_lossy(
+                    &bytes[pos.saturating_sub(20)..(pos + 20).min(bytes.len())]
+                )
             );
         }
     }
@@ -122,10 +128,16 @@ fn any_changed_byte_fails() {
     for pos in (0..bytes.len()).step_by(13) {
         let mut bad = bytes.clone();
         bad.insert(pos, b' ');
-        assert!(casepack::verify_pack(&bad, None).is_err(), "space inserted at {pos}");
+        assert!(
+            casepack::verify_pack(&bad, None).is_err(),
+            "space inserted at {pos}"
+        );
         let mut bad = bytes.clone();
         bad.remove(pos);
-        assert!(casepack::verify_pack(&bad, None).is_err(), "byte {pos} removed");
+        assert!(
+            casepack::verify_pack(&bad, None).is_err(),
+            "byte {pos} removed"
+        );
     }
     eprintln!("{} bytes checked in {:?}", bytes.len(), started.elapsed());
 

@@ -93,7 +93,12 @@ impl Drop for ChildGuard {
 fn spawn_child(s: &Scratch) -> ChildGuard {
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
-        .args(["--exact", "child_writer_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(
             CHILD_ENV,
             format!("{}:{}", s.state().display(), s.logs().display()),
@@ -193,7 +198,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             }
         }
     }
-    assert!(total_acks > KILLS, "too few events were acknowledged: {total_acks}");
+    assert!(
+        total_acks > KILLS,
+        "too few events were acknowledged: {total_acks}"
+    );
     eprintln!(
         "{KILLS} kills, {total_acks} acknowledged events, {:?}",
         started.elapsed()

@@ -112,7 +112,10 @@ fn read_only_state_dir_is_refused() {
     {
         let _ro = MountGuard::read_only_bind(&s.state());
         let err = Audit::open(&s.state(), &s.logs()).unwrap_err();
-        assert!(matches!(err, AuditError::Store { .. } | AuditError::Key { .. }), "{err}");
+        assert!(
+            matches!(err, AuditError::Store { .. } | AuditError::Key { .. }),
+            "{err}"
+        );
         // verify still works on a read-only copy.
         let report = warden::audit::verify(&warden::audit::VerifyOptions {
             state_dir: s.state(),
@@ -149,7 +152,10 @@ fn database_turning_read_only_fails_closed() {
     fsattr::set_flags(wal.as_fd(), flags | fsattr::FS_IMMUTABLE_FL).unwrap();
     let result = audit.record(tick(1));
     fsattr::set_flags(wal.as_fd(), flags).unwrap();
-    assert!(matches!(result, Err(AuditError::Store { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(AuditError::Store { .. })),
+        "{result:?}"
+    );
     assert_failed(&audit);
     drop(audit);
 }
@@ -166,7 +172,10 @@ fn safety_log_turning_read_only_fails_closed() {
     fsattr::set_flags(f.as_fd(), flags | fsattr::FS_IMMUTABLE_FL).unwrap();
     let result = audit.record_safety(tick(1), safety());
     fsattr::set_flags(f.as_fd(), flags).unwrap();
-    assert!(matches!(result, Err(AuditError::SafetyLog { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(AuditError::SafetyLog { .. })),
+        "{result:?}"
+    );
     assert_failed(&audit);
     drop(audit);
 }

@@ -20,7 +20,10 @@ fn first_open_creates_keys_with_modes_and_owner() {
     assert_eq!(mode(&keys), 0o700);
     assert_eq!(mode(&keys.join("signing.key")), 0o600);
     assert_eq!(mode(&keys.join("signing.pub")), 0o644);
-    assert_eq!(std::fs::metadata(keys.join("signing.key")).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::metadata(keys.join("signing.key")).unwrap().uid(),
+        0
+    );
     assert_eq!(mode(&s.state().join("warden.db")), 0o600);
     let pem = std::fs::read_to_string(keys.join("signing.key")).unwrap();
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
@@ -83,5 +86,17 @@ fn key_show_without_a_key_fails() {
             state_dir: s.state()
         })),
         1
+    );
+}
+
+#[test]
+fn a_regenerated_key_does_not_sign_an_old_log() {
+    let s = Scratch::new();
+    populate(&s, 2, 64);
+    std::fs::remove_dir_all(s.state().join("keys")).unwrap();
+    let err = Audit::open(&s.state(), &s.logs()).unwrap_err().to_string();
+    assert!(
+        err.contains("not the key this audit log was created with"),
+        "{err}"
     );
 }

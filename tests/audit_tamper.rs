@@ -55,7 +55,10 @@ fn intact_log_verifies_and_reports() {
 fn edited_entry_is_10() {
     let s = fresh();
     attacker(&s.state())
-        .execute("UPDATE audit_log SET data = '{\"i\":999}' WHERE seq = 5", [])
+        .execute(
+            "UPDATE audit_log SET data = '{\"i\":999}' WHERE seq = 5",
+            [],
+        )
         .unwrap();
     assert_eq!(verify_code(&s.state(), None, None), 10);
 
@@ -90,7 +93,12 @@ fn rewritten_chain_without_resigning_is_10() {
         prev = e.hash.clone();
         conn.execute(
             "UPDATE audit_log SET data = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
-            rusqlite::params![crypto::canonical_json(&e.data), e.prev_hash, e.hash, e.seq as i64],
+            rusqlite::params![
+                crypto::canonical_json(&e.data),
+                e.prev_hash,
+                e.hash,
+                e.seq as i64
+            ],
         )
         .unwrap();
     }
@@ -144,7 +152,8 @@ fn truncated_tail_is_13() {
     // The tail, and the head record with it: missing head record.
     let s = fresh();
     let conn = attacker(&s.state());
-    conn.execute("DELETE FROM audit_log WHERE seq > 41", []).unwrap();
+    conn.execute("DELETE FROM audit_log WHERE seq > 41", [])
+        .unwrap();
     conn.execute("DELETE FROM system_state WHERE key = 'head'", [])
         .unwrap();
     drop(conn);
@@ -160,17 +169,23 @@ fn truncated_tail_is_13() {
     // An older signed head put back (replayed) still shows: the later
     // checkpoints lie beyond the end.
     let s = Scratch::new();
-    let audit = Audit::open_with(&s.state(), &s.logs(), AuditOptions {
-        checkpoint_every: 8,
-        witness_command: None,
-    })
+    let audit = Audit::open_with(
+        &s.state(),
+        &s.logs(),
+        AuditOptions {
+            checkpoint_every: 8,
+            witness_command: None,
+        },
+    )
     .unwrap();
     for i in 0..20 {
         audit.record(tick(i)).unwrap();
     }
     drop(audit);
     let conn = attacker(&s.state());
-    let old_head = warden::audit::store::get_state(&conn, "head").unwrap().unwrap();
+    let old_head = warden::audit::store::get_state(&conn, "head")
+        .unwrap()
+        .unwrap();
     drop(conn);
     let audit = Audit::open(&s.state(), &s.logs()).unwrap();
     for i in 20..30 {
@@ -179,7 +194,8 @@ fn truncated_tail_is_13() {
     audit.checkpoint().unwrap();
     drop(audit);
     let conn = attacker(&s.state());
-    conn.execute("DELETE FROM audit_log WHERE seq > 20", []).unwrap();
+    conn.execute("DELETE FROM audit_log WHERE seq > 20", [])
+        .unwrap();
     warden::audit::store::set_state(&conn, "head", &old_head).unwrap();
     drop(conn);
     assert_eq!(verify_code(&s.state(), None, None), 13);
@@ -235,7 +251,12 @@ fn witness_catches_a_rewrite_with_the_real_key_16() {
     // The witness runs on its own thread: wait for the 4 checkpoints
     // (8, 16, 24, 30).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_to_string(&heads).unwrap_or_default().lines().count() < 4 {
+    while std::fs::read_to_string(&heads)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 4
+    {
         assert!(std::time::Instant::now() < deadline, "witness did not run");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -260,10 +281,18 @@ fn witness_catches_a_rewrite_with_the_real_key_16() {
     std::fs::write(&wheads, head.to_json_line() + "\n").unwrap();
     let key = crypto::load_private_key(&s2.state().join("keys/signing.key")).unwrap();
     let conn = attacker(&s2.state());
-    conn.execute("DELETE FROM audit_log WHERE seq > 8", []).unwrap();
-    conn.execute("DELETE FROM checkpoints WHERE seq > 8", []).unwrap();
+    conn.execute("DELETE FROM audit_log WHERE seq > 8", [])
+        .unwrap();
+    conn.execute("DELETE FROM checkpoints WHERE seq > 8", [])
+        .unwrap();
     let h8 = warden::audit::store::entry(&conn, 8).unwrap().unwrap().hash;
-    let fake = warden::audit::chain::Checkpoint::sign(&key, &warden::audit::chain::Host::current(), 8, &h8, 0);
+    let fake = warden::audit::chain::Checkpoint::sign(
+        &key,
+        &warden::audit::chain::Host::current(),
+        8,
+        &h8,
+        0,
+    );
     warden::audit::store::set_state(&conn, "head", &fake.to_json_line()).unwrap();
     drop(conn);
     assert_eq!(verify_code(&s2.state(), None, None), 0);
@@ -292,7 +321,8 @@ fn unreadable_or_foreign_database_is_15() {
     // Another program's SQLite database.
     std::fs::remove_file(s.state().join("warden.db")).unwrap();
     let c = rusqlite::Connection::open(s.state().join("warden.db")).unwrap();
-    c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+    c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
     drop(c);
     assert_eq!(verify_code(&s.state(), None, None), 15);
     // A warden database with a page overwritten.
@@ -314,7 +344,11 @@ fn verify_changes_no_file_of_a_copy_or_a_live_log() {
     let copy = s.path().join("copy");
     std::fs::create_dir_all(copy.join("keys")).unwrap();
     std::fs::copy(s.state().join("warden.db"), copy.join("warden.db")).unwrap();
-    std::fs::copy(s.state().join("keys/signing.pub"), copy.join("keys/signing.pub")).unwrap();
+    std::fs::copy(
+        s.state().join("keys/signing.pub"),
+        copy.join("keys/signing.pub"),
+    )
+    .unwrap();
     let before = snapshot(&copy);
     let bytes = std::fs::read(copy.join("warden.db")).unwrap();
     assert_eq!(verify_code(&copy, None, None), 0);
@@ -332,6 +366,25 @@ fn verify_changes_no_file_of_a_copy_or_a_live_log() {
     })
     .unwrap();
     assert_eq!(report.entries, 43);
-    assert_eq!(std::fs::read(s.state().join("warden.db-wal")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(s.state().join("warden.db-wal")).unwrap(),
+        before
+    );
+
+    // A copy of the live files without the -shm index: still read in full,
+    // and nothing is created beside the copy.
+    let copy = s.path().join("copy-wal");
+    std::fs::create_dir_all(copy.join("keys")).unwrap();
+    for f in ["warden.db", "warden.db-wal", "keys/signing.pub"] {
+        std::fs::copy(s.state().join(f), copy.join(f)).unwrap();
+    }
+    let before = snapshot(&copy);
+    let report = verify(&VerifyOptions {
+        state_dir: copy.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(report.entries, 43);
+    assert_eq!(snapshot(&copy), before);
     drop(audit);
 }

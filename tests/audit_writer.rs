@@ -227,7 +227,10 @@ fn witness_failures_are_recorded() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(failed.data["seq"], cp.seq);
-    assert!(audit.healthy(), "a witness failure does not stop the writer");
+    assert!(
+        audit.healthy(),
+        "a witness failure does not stop the writer"
+    );
     drop(audit);
 }
 
@@ -243,8 +246,12 @@ fn witness_runs_are_bounded_in_time() {
         signature: String::new(),
     };
     let started = Instant::now();
-    let err = witness::run_once(&["sleep".into(), "30".into()], Duration::from_millis(200), &cp)
-        .unwrap_err();
+    let err = witness::run_once(
+        &["sleep".into(), "30".into()],
+        Duration::from_millis(200),
+        &cp,
+    )
+    .unwrap_err();
     assert!(err.contains("did not finish"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(witness::run_once(&["/no/such/witness".into()], Duration::from_secs(1), &cp).is_err());
@@ -252,12 +259,17 @@ fn witness_runs_are_bounded_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("seen");
     witness::run_once(
-        &["/bin/sh".into(), "-c".into(), format!("cat > '{}'", out.display())],
+        &[
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("cat > '{}'", out.display()),
+        ],
         Duration::from_secs(10),
         &cp,
     )
     .unwrap();
-    let seen: Checkpoint = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    let seen: Checkpoint =
+        serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
     assert_eq!(seen, cp);
 }
 

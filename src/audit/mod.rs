@@ -9,7 +9,7 @@
 //! - [`schema`]: the tables and their migrations.
 //! - [`store`]: reads shared by the writer, [`verify`], the CLI and case packs.
 //! - [`verify`]: the offline check behind `warden audit verify`.
-//! - [`safety_log`]: `safety_events.jsonl`.
+//! - [`safety_log`]: the `safety_events.jsonl` file.
 //! - [`witness`]: ships each new checkpoint to an external command.
 //!
 //! The daemon never blocks its halt path on the disk: it `submit`s events

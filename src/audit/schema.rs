@@ -208,13 +208,17 @@ pub fn open_writer(path: &Path) -> Result<Connection, SchemaError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
-    if conn.is_readonly(rusqlite::DatabaseName::Main).map_err(err)? {
+    if conn
+        .is_readonly(rusqlite::DatabaseName::Main)
+        .map_err(err)?
+    {
         return Err(err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
             Some("database opened read-only (read-only filesystem?)".into()),
         )));
     }
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(err)?;
@@ -224,7 +228,8 @@ pub fn open_writer(path: &Path) -> Result<Connection, SchemaError> {
             Some(format!("cannot switch to WAL journal mode (got {mode})")),
         )));
     }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
     let found_app = application_id(&conn).map_err(err)?;
     let found = user_version(&conn).map_err(err)?;
     if found_app != APPLICATION_ID && !(found_app == 0 && found == 0) {
@@ -248,15 +253,47 @@ pub fn open_writer(path: &Path) -> Result<Connection, SchemaError> {
     Ok(conn)
 }
 
+/// A read-only connection, and the private copy it reads when it needs one.
+pub struct ReadOnlyDb {
+    /// The connection (declared first: dropped before the copy).
+    conn: Connection,
+    /// Temporary directory holding a copy, removed on drop.
+    copy: Option<PathBuf>,
+}
+
+impl std::ops::Deref for ReadOnlyDb {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for ReadOnlyDb {
+    fn drop(&mut self) {
+        if let Some(dir) = self.copy.take() {
+            // Close first: SQLite still has the copy's files open.
+            let conn = std::mem::replace(
+                &mut self.conn,
+                Connection::open_in_memory().expect("an in-memory database opens"),
+            );
+            drop(conn);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Opens the database read-only for `audit verify`, `tail`, `show` and
-/// `casepack export`, without creating or changing any file.
+/// `casepack export`, without creating or changing any file beside it.
 ///
-/// With a `-wal` file beside it (a live daemon, or an unclean end), the
-/// WAL holds committed entries, so the file is opened `mode=ro`: SQLite
-/// reads the WAL through the `-shm` index and never writes either. Without
-/// one, it is opened `immutable=1`, so SQLite does not even create a `-shm`
-/// file next to a copy.
-pub fn open_read_only(path: &Path) -> Result<Connection, SchemaError> {
+/// - No `-wal` file (cleanly closed, or a copy of one): opened
+///   `immutable=1`, so SQLite takes no locks and creates no `-shm`.
+/// - `-wal` and `-shm` (a live daemon, or an unclean end): the WAL holds
+///   committed entries, so it is opened `mode=ro`; SQLite reads the WAL
+///   through the existing `-shm` index and writes neither.
+/// - `-wal` without `-shm` (a copy taken without it): SQLite would create
+///   a `-shm`, so the database and WAL are copied to a private temporary
+///   directory (removed again on drop) and read there.
+pub fn open_read_only(path: &Path) -> Result<ReadOnlyDb, SchemaError> {
     let err = |source| SchemaError::Sqlite {
         path: path.to_owned(),
         source,
@@ -267,19 +304,43 @@ pub fn open_read_only(path: &Path) -> Result<Connection, SchemaError> {
             Some("no such database file".into()),
         )));
     }
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let uri = if Path::new(&wal).exists() {
-        format!("file:{}?mode=ro", uri_path(path))
-    } else {
-        format!("file:{}?mode=ro&immutable=1", uri_path(path))
+    let side = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
     };
-    let conn = Connection::open_with_flags(
+    let (wal, shm) = (side("-wal"), side("-shm"));
+    let (uri, copy) = if !wal.exists() {
+        (format!("file:{}?mode=ro&immutable=1", uri_path(path)), None)
+    } else if shm.exists() {
+        (format!("file:{}?mode=ro", uri_path(path)), None)
+    } else {
+        let dir = private_copy(path, &wal).map_err(|e| {
+            err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("cannot copy the database to read its WAL: {e}")),
+            ))
+        })?;
+        let uri = format!("file:{}?mode=ro", uri_path(&dir.join(DB_FILE)));
+        (uri, Some(dir))
+    };
+    let opened = Connection::open_with_flags(
         &uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    );
+    let conn = match opened {
+        Ok(c) => ReadOnlyDb { conn: c, copy },
+        Err(e) => {
+            if let Some(dir) = copy {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(err(e));
+        }
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
     let found_app = application_id(&conn).map_err(err)?;
     if found_app != APPLICATION_ID {
         return Err(SchemaError::NotWarden {
@@ -296,6 +357,22 @@ pub fn open_read_only(path: &Path) -> Result<Connection, SchemaError> {
         });
     }
     Ok(conn)
+}
+
+/// Copies the database and its WAL into a new 0700 temporary directory.
+fn private_copy(db: &Path, wal: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+    let dir = std::env::temp_dir().join(format!("warden-verify-{}", hex::encode(random)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let copied = std::fs::copy(db, dir.join(DB_FILE))
+        .and_then(|_| std::fs::copy(wal, dir.join(format!("{DB_FILE}-wal"))));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok(dir)
 }
 
 /// Percent-encodes the characters that mean something in an SQLite URI.
@@ -332,7 +409,11 @@ mod tests {
         assert_eq!(user_version(&conn).unwrap(), latest_version());
         migrate_to(&mut conn, 0).unwrap();
         let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(tables, 0);
         migrate_to(&mut conn, latest_version()).unwrap();
@@ -345,8 +426,10 @@ mod tests {
             "checkpoints",
             "system_state",
         ] {
-            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get::<_, i64>(0))
-                .unwrap();
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
         }
     }
 
@@ -356,16 +439,27 @@ mod tests {
         let path = dir.path().join("other.db");
         {
             let c = Connection::open(&path).unwrap();
-            c.execute_batch("PRAGMA application_id = 7; CREATE TABLE t(x);").unwrap();
+            c.execute_batch("PRAGMA application_id = 7; CREATE TABLE t(x);")
+                .unwrap();
         }
-        assert!(matches!(open_writer(&path), Err(SchemaError::NotWarden { .. })));
-        assert!(matches!(open_read_only(&path), Err(SchemaError::NotWarden { .. })));
+        assert!(matches!(
+            open_writer(&path),
+            Err(SchemaError::NotWarden { .. })
+        ));
+        assert!(matches!(
+            open_read_only(&path),
+            Err(SchemaError::NotWarden { .. })
+        ));
         let path = dir.path().join(DB_FILE);
         {
             let c = open_writer(&path).unwrap();
-            c.pragma_update(None, "user_version", latest_version() + 1).unwrap();
+            c.pragma_update(None, "user_version", latest_version() + 1)
+                .unwrap();
         }
-        assert!(matches!(open_writer(&path), Err(SchemaError::TooNew { .. })));
+        assert!(matches!(
+            open_writer(&path),
+            Err(SchemaError::TooNew { .. })
+        ));
     }
 
     #[test]

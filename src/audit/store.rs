@@ -48,7 +48,9 @@ pub fn entry_from_row(row: &Row<'_>) -> Result<Entry, ReadError> {
         other => return Err(bad(format!("uid is not an integer: {other:?}"))),
     };
     let data = match get(5)? {
-        V::Text(s) => serde_json::from_str(&s).map_err(|e| bad(format!("data is not JSON: {e}")))?,
+        V::Text(s) => {
+            serde_json::from_str(&s).map_err(|e| bad(format!("data is not JSON: {e}")))?
+        }
         other => return Err(bad(format!("data is not text: {other:?}"))),
     };
     let text = |i: usize, name: &str| -> Result<String, ReadError> {
@@ -74,8 +76,9 @@ pub fn entry_from_row(row: &Row<'_>) -> Result<Entry, ReadError> {
 
 /// The entry with this seq, if any.
 pub fn entry(conn: &Connection, seq: u64) -> Result<Option<Entry>, ReadError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq = ?1"
+    ))?;
     let mut rows = stmt.query(params![seq as i64])?;
     match rows.next()? {
         Some(row) => Ok(Some(entry_from_row(row)?)),
@@ -268,7 +271,9 @@ pub fn insert_evidence(conn: &Connection, ev: &EvidenceRecord) -> rusqlite::Resu
 
 pub fn evidence(conn: &Connection, id: &str) -> Result<Option<EvidenceRecord>, ReadError> {
     let row = conn
-        .prepare_cached(&format!("SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE id = ?1"
+        ))?
         .query_row(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -141,9 +141,11 @@ fn read_err(e: ReadError) -> Finding {
             u64::try_from(seq).ok(),
             format!("entry {seq} does not decode: {message}"),
         ),
-        ReadError::BadRecord { what, message } => {
-            Finding::new(FindingKind::Edited, None, format!("{what} does not decode: {message}"))
-        }
+        ReadError::BadRecord { what, message } => Finding::new(
+            FindingKind::Edited,
+            None,
+            format!("{what} does not decode: {message}"),
+        ),
         ReadError::Sqlite(e) => unreadable(format!("database read failed: {e}")),
     }
 }
@@ -156,7 +158,10 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Finding> {
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| unreadable(format!("{}: {e}", db.display())))?;
     if check != "ok" {
-        return Err(unreadable(format!("{}: integrity check: {check}", db.display())));
+        return Err(unreadable(format!(
+            "{}: integrity check: {check}",
+            db.display()
+        )));
     }
     let (key, key_source) = trusted_key(&conn, &opts.state_dir, opts.pubkey.as_deref())?;
     let witnessed = match &opts.against {
@@ -174,8 +179,8 @@ fn trusted_key(
     pubkey: Option<&Path>,
 ) -> Result<(VerifyingKey, String), Finding> {
     if let Some(path) = pubkey {
-        let key = crypto::load_public_key(path)
-            .map_err(|e| unreadable(format!("trusted key: {e}")))?;
+        let key =
+            crypto::load_public_key(path).map_err(|e| unreadable(format!("trusted key: {e}")))?;
         return Ok((key, format!("{} (trusted)", path.display())));
     }
     let file = state_dir.join("keys").join(crypto::PUBLIC_KEY_FILE);
@@ -207,7 +212,13 @@ pub fn read_heads(path: &Path) -> Result<Vec<(u64, String)>, Finding> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = || unreadable(format!("{} line {}: not a JSON head with seq and hash", path.display(), i + 1));
+        let bad = || {
+            unreadable(format!(
+                "{} line {}: not a JSON head with seq and hash",
+                path.display(),
+                i + 1
+            ))
+        };
         let v: serde_json::Value = serde_json::from_str(line).map_err(|_| bad())?;
         let seq = v.get("seq").and_then(|s| s.as_u64()).ok_or_else(bad)?;
         let hash = v.get("hash").and_then(|h| h.as_str()).ok_or_else(bad)?;
@@ -249,13 +260,21 @@ pub fn verify_conn(
 
     // 2. The walk.
     let mut stmt = conn
-        .prepare(&format!("SELECT {} FROM audit_log ORDER BY seq", store::ENTRY_COLUMNS))
+        .prepare(&format!(
+            "SELECT {} FROM audit_log ORDER BY seq",
+            store::ENTRY_COLUMNS
+        ))
         .map_err(|e| unreadable(format!("audit_log: {e}")))?;
-    let mut rows = stmt.query([]).map_err(|e| unreadable(format!("audit_log: {e}")))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(|e| unreadable(format!("audit_log: {e}")))?;
     let mut expected_seq = 1u64;
     let mut prev_hash = genesis.clone();
     let mut prev_ts = i64::MIN;
-    while let Some(row) = rows.next().map_err(|e| unreadable(format!("audit_log: {e}")))? {
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| unreadable(format!("audit_log: {e}")))?
+    {
         let e = store::entry_from_row(row).map_err(read_err)?;
         if e.seq != expected_seq {
             let missing = if e.seq == expected_seq + 1 {
@@ -263,7 +282,11 @@ pub fn verify_conn(
             } else {
                 format!("entries {expected_seq} to {} are missing", e.seq - 1)
             };
-            return Err(Finding::new(FindingKind::Deleted, Some(expected_seq), missing));
+            return Err(Finding::new(
+                FindingKind::Deleted,
+                Some(expected_seq),
+                missing,
+            ));
         }
         if e.prev_hash != prev_hash {
             if let Some(other) = seq_with_hash(conn, &e.prev_hash, &genesis) {
@@ -291,14 +314,21 @@ pub fn verify_conn(
             return Err(Finding::new(
                 FindingKind::Edited,
                 Some(e.seq),
-                format!("entry {} does not hash to its stored hash: its content was changed", e.seq),
+                format!(
+                    "entry {} does not hash to its stored hash: its content was changed",
+                    e.seq
+                ),
             ));
         }
         if e.timestamp < prev_ts {
             return Err(Finding::new(
                 FindingKind::Reordered,
                 Some(e.seq),
-                format!("entry {}'s timestamp is earlier than entry {}'s", e.seq, e.seq - 1),
+                format!(
+                    "entry {}'s timestamp is earlier than entry {}'s",
+                    e.seq,
+                    e.seq - 1
+                ),
             ));
         }
         if let Some(slot) = wanted.get_mut(&e.seq) {
@@ -314,7 +344,11 @@ pub fn verify_conn(
     // 3. Signatures.
     for cp in &checkpoints {
         if !cp.verify(key) {
-            return Err(wrong_key(&format!("checkpoint at seq {}", cp.seq), cp, &key_id));
+            return Err(wrong_key(
+                &format!("checkpoint at seq {}", cp.seq),
+                cp,
+                &key_id,
+            ));
         }
     }
     match &head {
@@ -364,7 +398,9 @@ pub fn verify_conn(
                 return Err(Finding::new(
                     FindingKind::WitnessMismatch,
                     Some(*seq),
-                    format!("entry {seq} has hash {h} but the witness saw {hash}: the log was rewritten"),
+                    format!(
+                    "entry {seq} has hash {h} but the witness saw {hash}: the log was rewritten"
+                ),
                 ))
             }
             Some(_) => {}
@@ -465,7 +501,9 @@ fn verify_evidence(conn: &Connection, key: &VerifyingKey, key_id: &str) -> Resul
             return Err(Finding::new(
                 FindingKind::Edited,
                 None,
-                format!("evidence {id} does not hash to its signed sha256: its content was changed"),
+                format!(
+                    "evidence {id} does not hash to its signed sha256: its content was changed"
+                ),
             ));
         }
         seen.insert(id.clone(), ());

@@ -57,7 +57,9 @@ pub fn run_once(argv: &[String], timeout: Duration, cp: &Checkpoint) -> Result<(
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{program} did not finish within {timeout:?}; killed"));
+                return Err(format!(
+                    "{program} did not finish within {timeout:?}; killed"
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => return Err(format!("waiting for {program}: {e}")),

@@ -176,10 +176,22 @@ impl Writer {
             witness,
             shared,
         };
-        if store::get_state(&w.conn, store::PUBLIC_KEY_KEY)
-            .map_err(|e| db_err(&e))?
-            .is_none()
-        {
+        let recorded = store::get_state(&w.conn, store::PUBLIC_KEY_KEY).map_err(|e| db_err(&e))?;
+        if let Some(pem) = &recorded {
+            // A log whose key was replaced (keys/ wiped and regenerated)
+            // would mix signatures that no single key verifies.
+            let same = crypto::parse_public_pem(pem).is_ok_and(|k| k == w.key.verifying_key());
+            if !same {
+                return Err(AuditError::Key {
+                    message: format!(
+                        "the signing key in keys/ (id {}) is not the key this audit log was \
+                         created with; restore the original keys/ directory",
+                        w.key.key_id()
+                    ),
+                });
+            }
+        }
+        if recorded.is_none() {
             // First open: record the key and sign the empty head.
             let r = (|| -> rusqlite::Result<()> {
                 w.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -237,7 +249,8 @@ impl Writer {
                         reply,
                     } => {
                         let receipt = self.append(&event)?;
-                        let line = safety.map(|s| safety_line(&event, &s, &receipt, self.head.timestamp));
+                        let line =
+                            safety.map(|s| safety_line(&event, &s, &receipt, self.head.timestamp));
                         if self.checkpoint_every > 0 && receipt.seq % self.checkpoint_every == 0 {
                             new_checkpoints.push(self.checkpoint()?);
                         }
@@ -392,7 +405,11 @@ impl Writer {
         store::set_state(&self.conn, store::HEAD_KEY, &rec.to_json_line())
     }
 
-    fn store_evidence(&mut self, halt_id: &str, data: serde_json::Value) -> rusqlite::Result<String> {
+    fn store_evidence(
+        &mut self,
+        halt_id: &str,
+        data: serde_json::Value,
+    ) -> rusqlite::Result<String> {
         let canonical = crypto::canonical_json(&data);
         let sha256 = crypto::sha256_hex(canonical.as_bytes());
         let mut random = [0u8; 8];

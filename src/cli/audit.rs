@@ -213,7 +213,11 @@ fn run_show(args: ShowArgs) -> i32 {
         return 0;
     }
     println!("seq:        {}", entry.seq);
-    println!("timestamp:  {} ({} ms)", rfc3339_ms(entry.timestamp), entry.timestamp);
+    println!(
+        "timestamp:  {} ({} ms)",
+        rfc3339_ms(entry.timestamp),
+        entry.timestamp
+    );
     println!("kind:       {}", entry.kind);
     println!("agent:      {}", entry.agent.as_deref().unwrap_or("-"));
     println!(

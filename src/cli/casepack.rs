@@ -114,7 +114,11 @@ fn run_verify(args: VerifyArgs) -> i32 {
                 pack.evidence.sha256,
                 pack.entries.len(),
                 pack.key_id,
-                if trusted.is_some() { " (trusted)" } else { " (not checked against a trusted key)" }
+                if trusted.is_some() {
+                    " (trusted)"
+                } else {
+                    " (not checked against a trusted key)"
+                }
             );
             0
         }

@@ -69,8 +69,14 @@ impl MountGuard {
     /// `target` becomes a read-only view of itself.
     pub fn read_only_bind(target: &Path) -> MountGuard {
         use nix::mount::MsFlags;
-        nix::mount::mount(Some(target), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .expect("bind mount (tests run as root)");
+        nix::mount::mount(
+            Some(target),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind mount (tests run as root)");
         let guard = MountGuard {
             target: target.to_owned(),
         };
