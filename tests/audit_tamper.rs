@@ -371,6 +371,36 @@ fn verify_changes_no_file_of_a_copy_or_a_live_log() {
         before
     );
 
+    // While the writer keeps committing, verify sees one consistent snapshot.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let audit = audit.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                audit.record(tick(i)).unwrap();
+                i += 1;
+            }
+        })
+    };
+    for _ in 0..10 {
+        verify(&VerifyOptions {
+            state_dir: s.state(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let entries = verify(&VerifyOptions {
+        state_dir: s.state(),
+        ..Default::default()
+    })
+    .unwrap()
+    .entries;
+    assert!(entries > 43);
+
     // A copy of the live files without the -shm index: still read in full,
     // and nothing is created beside the copy.
     let copy = s.path().join("copy-wal");
@@ -384,7 +414,7 @@ fn verify_changes_no_file_of_a_copy_or_a_live_log() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(report.entries, 43);
+    assert_eq!(report.entries, entries);
     assert_eq!(snapshot(&copy), before);
     drop(audit);
 }

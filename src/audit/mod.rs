@@ -453,6 +453,13 @@ impl Audit {
     }
 }
 
+/// The `evidence_sha256` the daemon puts in a `halt` entry: hex SHA-256 of
+/// the canonical JSON of the evidence, the same hash `store_evidence` signs
+/// and `casepack verify` checks against the halt entry.
+pub fn evidence_sha256(evidence: &serde_json::Value) -> String {
+    crate::crypto::sha256_hex(crate::crypto::canonical_json(evidence).as_bytes())
+}
+
 fn with_safety(mut event: Event, safety: &Safety) -> Event {
     let s = serde_json::to_value(safety).expect("safety fields serialize");
     match &mut event.data {

@@ -283,7 +283,8 @@ impl Drop for ReadOnlyDb {
 }
 
 /// Opens the database read-only for `audit verify`, `tail`, `show` and
-/// `casepack export`, without creating or changing any file beside it.
+/// `casepack export`, without creating or changing any file beside it, in
+/// one read transaction (a consistent snapshot) that lasts until drop.
 ///
 /// - No `-wal` file (cleanly closed, or a copy of one): opened
 ///   `immutable=1`, so SQLite takes no locks and creates no `-shm`.
@@ -356,6 +357,11 @@ pub fn open_read_only(path: &Path) -> Result<ReadOnlyDb, SchemaError> {
             latest: latest_version(),
         });
     }
+    // One read transaction for the connection's life: every query sees the
+    // same snapshot, so a live writer committing meanwhile cannot make the
+    // head record and the entries disagree.
+    conn.execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;")
+        .map_err(err)?;
     Ok(conn)
 }
 

@@ -166,7 +166,7 @@ pub fn record_halt(audit: &Audit, halt_id: &str) -> String {
         .unwrap();
     let ev = evidence_json();
     let evidence_id = audit.store_evidence(halt_id, &ev).unwrap();
-    let sha = warden::crypto::sha256_hex(warden::crypto::canonical_json(&ev).as_bytes());
+    let sha = warden::audit::evidence_sha256(&ev);
     audit
         .record(Event {
             kind: "halt".into(),
