@@ -208,9 +208,15 @@ pub fn read_heads(path: &Path) -> Result<Vec<(u64, String)>, Finding> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| unreadable(format!("{}: {e}", path.display())))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
+        }
+        // A last line cut short (the disk filled mid-append) holds no head.
+        let cut_short = i + 1 == lines.len() && !text.ends_with('\n');
+        if cut_short && serde_json::from_str::<serde_json::Value>(line).is_err() {
+            break;
         }
         let bad = || {
             unreadable(format!(
@@ -509,4 +515,28 @@ fn verify_evidence(conn: &Connection, key: &VerifyingKey, key_id: &str) -> Resul
         seen.insert(id.clone(), ());
     }
     Ok(seen.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_file_tolerates_only_a_cut_short_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heads");
+        std::fs::write(
+            &path,
+            "{\"seq\":1,\"hash\":\"ab\"}\n\n{\"seq\":2,\"hash\":\"cd\"}\n{\"seq\":3,",
+        )
+        .unwrap();
+        assert_eq!(
+            read_heads(&path).unwrap(),
+            vec![(1, "ab".to_string()), (2, "cd".to_string())]
+        );
+        std::fs::write(&path, "{\"seq\":1,\"hash\":\"ab\"}\n{\"seq\":3,\n").unwrap();
+        assert_eq!(read_heads(&path).unwrap_err().kind, FindingKind::Unreadable);
+        std::fs::write(&path, "{\"seq\":1}\n").unwrap();
+        assert!(read_heads(&path).is_err());
+    }
 }
