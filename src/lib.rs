@@ -17,9 +17,6 @@
 //! - [`safemode`]: the SAFE MODE latch and the clean-shutdown marker.
 //! - [`guard`]: a small process that kills every agent if the daemon dies.
 //! - [`audit`]: the hash-chained, signed audit log.
-//! - [`crypto`]: the host key, signatures, hashes and canonical JSON.
-//! - [`casepack`]: one self-verifying file per halt: evidence, audit slice,
-//!   signatures and public key.
 //! - [`control`]: the JSON-lines protocol of the control socket and its server.
 //! - [`daemon`]: wires the above into the main loop.
 //! - [`cli`]: the `warden` command, one file per verb.
