@@ -237,7 +237,14 @@ impl Daemon {
         let lock = lock(&cfg)?;
         let marker = cfg.clean_marker_path();
         let unclean = safemode::mark_running(&marker).map_err(io_err("cannot write", &marker))?;
-        let audit = Audit::open(&cfg.state_dir, &cfg.log_dir)?;
+        let audit = Audit::open_with(
+            &cfg.state_dir,
+            &cfg.log_dir,
+            audit::AuditOptions {
+                checkpoint_every: cfg.checkpoint_every.unwrap_or(64),
+                witness_command: cfg.witness_command.clone(),
+            },
+        )?;
         let config_hash = std::fs::read(&opts.config_path)
             .map(|b| {
                 use sha2::Digest;
@@ -436,12 +443,7 @@ impl Daemon {
                 None
             }
         };
-        let sha = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(
-                serde_json::to_vec(&value).unwrap_or_default(),
-            ))
-        };
+        let sha = audit::evidence_sha256(&value);
         let data = json!({
             "halt_id": report.id, "evidence_id": evidence_id, "evidence_sha256": sha,
             "trigger": report.trigger, "reason": report.reason, "hard": report.hard,
@@ -1344,12 +1346,16 @@ impl Daemon {
             Some(c.uid),
             json!({"request": data, "pid": c.pid}),
         )) {
-            let _ = c.reply.send(Response::err(
-                ErrorKind::Failed,
-                format!("audit log unwritable: {e}"),
-            ));
+            // Fail closed: nothing that changes state runs unaudited. Reads
+            // still answer, so a human can see why everything stopped.
             self.audit_failed(&e.to_string());
-            return;
+            if !c.request.is_read() {
+                let _ = c.reply.send(Response::err(
+                    ErrorKind::Failed,
+                    format!("audit log unwritable, refusing {req_name}: {e}"),
+                ));
+                return;
+            }
         }
         let resp = self.answer(c.request, c.uid, now);
         tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");

@@ -28,10 +28,12 @@
 
 pub mod audit;
 pub mod authz;
+pub mod casepack;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crypto;
 pub mod daemon;
 pub mod demo;
 pub mod evidence;

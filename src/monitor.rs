@@ -39,7 +39,8 @@ pub struct LimitsConfig {
     pub disk_free_min: Option<Bytes>,
     /// Host: minimum MemAvailable (default 64M).
     pub host_memory_min: Option<Bytes>,
-    /// Host: maximum 1-minute load average per core (default 8.0).
+    /// Host: maximum 1-minute load average per core (default: off; load
+    /// counts tasks in uninterruptible sleep too, so it is opt-in).
     pub host_load_max: Option<f64>,
     /// Monitors switched off, by name (e.g. `["pids", "host_load"]`); audited
     /// at start like any other configuration.
@@ -77,7 +78,7 @@ pub struct Thresholds {
     pub governance_rejections: u32,
     pub disk_free_min: u64,
     pub host_memory_min: u64,
-    pub host_load_max: f64,
+    pub host_load_max: Option<f64>,
     /// Monitors that never trip.
     pub disabled: Vec<String>,
 }
@@ -96,7 +97,7 @@ impl Default for Thresholds {
             governance_rejections: 3,
             disk_free_min: 64 << 20,
             host_memory_min: 64 << 20,
-            host_load_max: 8.0,
+            host_load_max: None,
             disabled: Vec::new(),
         }
     }
@@ -141,7 +142,7 @@ impl Thresholds {
                 t.host_memory_min = v.0;
             }
             if let Some(v) = l.host_load_max {
-                t.host_load_max = v;
+                t.host_load_max = Some(v);
             }
             for d in &l.disable {
                 if !t.disabled.contains(d) {
@@ -544,14 +545,14 @@ pub fn check_host(
             ));
         }
     }
-    if let Some(l) = s.load1 {
+    if let (Some(l), Some(max)) = (s.load1, t.host_load_max) {
         let per_core = l / s.cores.max(1) as f64;
-        readings.insert("host_load".into(), r(per_core, t.host_load_max, "per core"));
-        if per_core > t.host_load_max && breach.is_none() && t.on("host_load") {
+        readings.insert("host_load".into(), r(per_core, max, "per core"));
+        if per_core > max && breach.is_none() && t.on("host_load") {
             breach = Some(host(
                 "host_load",
                 format!("load {l:.1} on {} cores", s.cores),
-                format!("at most {:.1} per core", t.host_load_max),
+                format!("at most {max:.1} per core"),
             ));
         }
     }
@@ -796,7 +797,10 @@ mod tests {
 
     #[test]
     fn host_exhaustion() {
-        let th = Thresholds::default();
+        let th = Thresholds {
+            host_load_max: Some(8.0),
+            ..Thresholds::default()
+        };
         let mut rd = BTreeMap::new();
         let ok = HostSample {
             disk_free: vec![("/var".into(), 1 << 30)],

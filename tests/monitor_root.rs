@@ -429,11 +429,10 @@ fn watchdog_pings_stop_when_a_health_check_fails() {
     assert_eq!(pings(), n, "pinged while unhealthy");
     let st = env.status();
     assert_eq!(st["health"]["stop_file_watch"], false, "{st}");
-    // The daemon halted for the lost watch (fail closed).
-    assert_eq!(
-        st["daemon"]["safe_mode"]["trigger"], "stop_file_watch",
-        "{st}"
-    );
+    // The daemon halted (fail closed): for the lost watch, or because the
+    // stop file's path no longer answers "no such file".
+    let trigger = st["daemon"]["safe_mode"]["trigger"].as_str().unwrap();
+    assert!(["stop_file_watch", "stop_file"].contains(&trigger), "{st}");
     // Healthy again: the watch is repaired and pings resume.
     std::fs::remove_file(env.path("safety")).unwrap();
     env.wait_for("pings resume", T, || pings() > n);
@@ -448,4 +447,42 @@ fn watchdog_pings_stop_when_a_health_check_fails() {
     assert_eq!(env.wait_exit(T), 0);
     // Orderly exit: magic close.
     assert_eq!(std::fs::read(&dev).unwrap().last(), Some(&b'V'));
+}
+
+#[test]
+fn full_state_disk_halts_rather_than_run_unaudited() {
+    let base = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::new(base.path().join("state"), "16M");
+    let mut env = Env::new(
+        &only("none", ""),
+        &agent("a", common::workload::TERM_IGNORING, 3, ""),
+    );
+    env.set_top(
+        "state_dir",
+        &toml::Value::String(fs.0.join("warden").display().to_string()).to_string(),
+    );
+    env.start();
+    env.wait_procs(4);
+    // Fill the filesystem that holds the audit database.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=64"])
+        .arg(format!("of={}", fs.0.join("fill").display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    // The next state change cannot be audited: refused, and everything halts.
+    let (code, _, err) = env.cli(&["stop", "a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("audit log unwritable"), "{err}");
+    env.wait_for("agents halted", T, || env.marked_pids().is_empty());
+    env.assert_nothing_left();
+    // Reads still answer and say why.
+    let st = env.status();
+    assert_eq!(st["daemon"]["state"], "safe_mode", "{st}");
+    assert_eq!(st["daemon"]["safe_mode"]["trigger"], "audit", "{st}");
+    assert_eq!(st["daemon"]["audit_healthy"], false);
+    env.signal(Signal::SIGKILL);
+    env.wait_exit(T);
+    drop(env);
+    drop(fs);
 }

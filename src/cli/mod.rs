@@ -9,11 +9,14 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod agents;
+pub mod audit;
 mod authorize;
+pub mod casepack;
 mod check_config;
 mod daemon;
 mod demo;
 mod halt;
+pub mod key;
 mod lifecycle;
 mod logs;
 mod output;
@@ -76,6 +79,15 @@ pub enum Verb {
     Halt(halt::Args),
     /// Leave SAFE MODE and start the agents (refused while the stop file exists).
     Resume(resume::Args),
+    /// The audit log: verify, tail, show (reads the database; no daemon needed).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Case packs: export a halt's evidence and audit slice, verify anywhere.
+    #[command(subcommand)]
+    Casepack(casepack::CasepackCommand),
+    /// warden's signing key.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Sign a resume authorization offline with the resume key.
     AuthorizeResume(authorize::Args),
     /// Make an Ed25519 key pair for resume authorizations.
@@ -119,6 +131,9 @@ pub fn main() -> i32 {
         Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
         Verb::Halt(a) => halt::run(&socket, a),
         Verb::Resume(a) => resume::run(&socket, a),
+        Verb::Audit(c) => audit::run(c),
+        Verb::Casepack(c) => casepack::run(c),
+        Verb::Key(c) => key::run(c),
         Verb::AuthorizeResume(a) => authorize::run(a),
         Verb::Keygen(a) => authorize::keygen(a),
         Verb::Guard(a) => daemon::guard(a),

@@ -48,7 +48,15 @@ pub enum Request {
 }
 
 impl Request {
-    /// Reads change nothing and are allowed in SAFE MODE.
+    /// Reads change nothing: allowed in SAFE MODE, and answered even when
+    /// the audit log has failed.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Request::Ping | Request::Status | Request::Agents | Request::Logs { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Request::Ping => "ping",

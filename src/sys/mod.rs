@@ -3,6 +3,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod exec;
+pub mod fsattr;
 pub mod watchdog;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
