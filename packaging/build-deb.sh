@@ -63,7 +63,7 @@ Version: $version
 Architecture: $arch
 Maintainer: Warden Maintainers <warden-maintainers@example.com>
 Installed-Size: $size
-Depends: $shlibs, adduser
+Depends: $shlibs, adduser, e2fsprogs
 Recommends: systemd
 Section: admin
 Priority: optional
