@@ -8,9 +8,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, KeyPair};
 
 pub const KIND: &str = "warden-resume";
 
@@ -59,11 +61,9 @@ pub enum AuthzError {
     Store(String),
 }
 
-/// Canonical JSON: sorted keys, compact separators.
+/// What is signed: the canonical JSON of the statement.
 pub fn canonical(st: &Statement) -> Vec<u8> {
-    // serde_json's Map is a BTreeMap (no preserve_order): keys come out sorted.
-    let v = serde_json::to_value(st).expect("statement serializes");
-    serde_json::to_vec(&v).expect("value serializes")
+    crypto::canonical_json(&serde_json::to_value(st).expect("statement serializes")).into_bytes()
 }
 
 /// This host's identity: /etc/machine-id, else the hostname.
@@ -83,23 +83,12 @@ fn key_err(path: &Path, message: impl std::fmt::Display) -> AuthzError {
 }
 
 pub fn load_public(path: &Path) -> Result<VerifyingKey, AuthzError> {
-    let pem = std::fs::read_to_string(path).map_err(|e| key_err(path, e))?;
-    VerifyingKey::from_public_key_pem(&pem)
-        .map_err(|e| key_err(path, format!("not an Ed25519 public key PEM: {e}")))
+    crypto::load_public_key(path).map_err(|e| key_err(path, e))
 }
 
-pub fn load_private(path: &Path) -> Result<SigningKey, AuthzError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| key_err(path, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(key_err(
-            path,
-            "private key is readable by group or others (chmod 600 it)",
-        ));
-    }
-    let pem = std::fs::read_to_string(path).map_err(|e| key_err(path, e))?;
-    SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| key_err(path, format!("not an Ed25519 PKCS#8 private key PEM: {e}")))
+/// The private key, refused if group or others can read it.
+pub fn load_private(path: &Path) -> Result<KeyPair, AuthzError> {
+    crypto::load_private_key(path).map_err(|e| key_err(path, e))
 }
 
 /// Writes a new key pair: `path` (private, 0600) and `path.pub`.
@@ -109,10 +98,7 @@ pub fn generate(path: &Path) -> Result<(), AuthzError> {
     let private = key
         .to_pkcs8_pem(Default::default())
         .map_err(|e| key_err(path, e))?;
-    let public = key
-        .verifying_key()
-        .to_public_key_pem(Default::default())
-        .map_err(|e| key_err(path, e))?;
+    let public = crypto::public_pem(&key.verifying_key());
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -134,7 +120,7 @@ pub fn pub_path(path: &Path) -> std::path::PathBuf {
 
 /// Makes and signs an authorization.
 pub fn sign(
-    key: &SigningKey,
+    key: &KeyPair,
     host: &str,
     reason: &str,
     valid_for: Duration,
@@ -150,10 +136,9 @@ pub fn sign(
         issued_at_ms: now_ms,
         expires_at_ms: now_ms + valid_for.as_millis() as u64,
     };
-    let sig = key.sign(&canonical(&statement));
     Authorization {
+        signature: key.sign_hex(&canonical(&statement)),
         statement,
-        signature: hex::encode(sig.to_bytes()),
     }
 }
 
@@ -170,12 +155,9 @@ pub fn check(
             a.statement.kind
         )));
     }
-    let bytes = hex::decode(&a.signature)
-        .map_err(|e| AuthzError::Malformed(format!("signature is not hex: {e}")))?;
-    let sig = Signature::from_slice(&bytes)
-        .map_err(|e| AuthzError::Malformed(format!("signature: {e}")))?;
-    key.verify(&canonical(&a.statement), &sig)
-        .map_err(|_| AuthzError::BadSignature)?;
+    if !crypto::verify_hex(key, &canonical(&a.statement), &a.signature) {
+        return Err(AuthzError::BadSignature);
+    }
     if a.statement.host != host {
         return Err(AuthzError::WrongHost {
             got: a.statement.host.clone(),
@@ -218,7 +200,7 @@ pub fn consume(store: &Path, nonce: &str) -> Result<(), AuthzError> {
 mod tests {
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, SigningKey, VerifyingKey) {
+    fn setup() -> (tempfile::TempDir, KeyPair, VerifyingKey) {
         let d = tempfile::tempdir().unwrap();
         let k = d.path().join("resume.key");
         generate(&k).unwrap();
@@ -254,7 +236,7 @@ mod tests {
             Err(AuthzError::Expired(_))
         ));
         assert_eq!(check(&a, &vk, "host-1", 0).err(), None);
-        let other = SigningKey::generate(&mut rand_core::OsRng);
+        let other = KeyPair::generate();
         let forged = sign(&other, "host-1", "r", Duration::from_secs(60), 1_000);
         assert_eq!(
             check(&forged, &vk, "host-1", 2_000),
@@ -287,6 +269,6 @@ mod tests {
         assert!(load_private(&k)
             .unwrap_err()
             .to_string()
-            .contains("chmod 600"));
+            .contains("chmod 0600"));
     }
 }
