@@ -100,6 +100,10 @@ struct Slot {
     watch: AgentWatch,
     /// Kernel limit-hit counters at the last sample (memory.max, pids.max).
     limit_hits: (u64, u64),
+    /// CPU usage at the last sample: unchanged means nothing ran.
+    last_cpu: Option<u64>,
+    /// The agent cgroup's CPU-usage file, kept open while it runs.
+    cpu_counter: Option<cgroup::CpuCounter>,
 }
 
 pub struct Daemon {
@@ -286,6 +290,8 @@ impl Daemon {
                     wake: None,
                     watch: AgentWatch::new(a.name(), cfg.thresholds(a)),
                     limit_hits: (0, 0),
+                    last_cpu: None,
+                    cpu_counter: None,
                 },
             );
         }
@@ -941,6 +947,8 @@ impl Daemon {
                 s.sm.handle(Event::Spawned { pid }, now);
                 s.watch.reset();
                 s.limit_hits = (0, 0);
+                s.last_cpu = None;
+                s.cpu_counter = None;
                 s.log.note(&format!("started pid {pid}"));
                 tokio::spawn(s.log.clone().drain(out));
                 tokio::spawn(s.log.clone().drain(err));
@@ -1239,6 +1247,18 @@ impl Daemon {
             if !matches!(s.sm.state, State::Running { .. } | State::Stopping { .. }) {
                 continue;
             }
+            if s.cpu_counter.is_none() {
+                s.cpu_counter = cgroup::CpuCounter::open(cg.as_ref());
+            }
+            let cpu = match &s.cpu_counter {
+                Some(c) => c.read(),
+                None => cg.cpu_usage_usec().ok().flatten(),
+            };
+            if cpu.is_some() && cpu == s.last_cpu {
+                s.watch.quiet(now);
+                continue;
+            }
+            s.last_cpu = cpu;
             let stats = cg.stats().unwrap_or_default();
             let now_hits = (
                 stats.memory_events_max.unwrap_or(0),

@@ -5,7 +5,10 @@
 //! kill. Sealing and storing happen after the kill.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+
+use nix::sys::stat::Mode;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,9 @@ pub struct Process {
     pub vm_rss_kib: Option<u64>,
     pub session: Option<i32>,
     pub pgrp: Option<i32>,
+    /// Start time in clock ticks after boot: with the pid, names the process
+    /// uniquely (pids are reused).
+    pub start_time_ticks: Option<u64>,
     pub fds: Vec<Fd>,
     /// Sockets among the fds, described from /proc/PID/net (protocol, local,
     /// remote, state), keyed by inode.
@@ -122,61 +128,103 @@ pub fn capture_processes(proc_root: &Path, pids: &[i32], threads: usize) -> Vec<
     out
 }
 
-fn capture_one(proc_root: &Path, pid: i32) -> Option<Process> {
-    let dir = proc_root.join(pid.to_string());
-    let status = std::fs::read_to_string(dir.join("status")).ok()?;
-    let field = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+/// Reads a small /proc file relative to an open directory.
+fn read_at(dir: RawFd, name: &str, buf: &mut Vec<u8>) -> Option<()> {
+    use nix::fcntl::{openat, OFlag};
+    buf.clear();
+    let fd = openat(
+        Some(dir),
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut chunk = [0u8; 4096];
+    let ok = loop {
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break false,
+        }
     };
-    let first_num =
-        |k: &str| field(k).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-    let cmdline = std::fs::read(dir.join("cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let exe = std::fs::read_link(dir.join("exe"))
+    let _ = nix::unistd::close(fd);
+    ok.then_some(())
+}
+
+fn state_name(c: &str) -> String {
+    let name = match c {
+        "R" => "running",
+        "S" => "sleeping",
+        "D" => "disk sleep",
+        "T" => "stopped",
+        "t" => "tracing stop",
+        "Z" => "zombie",
+        "X" => "dead",
+        "I" => "idle",
+        _ => "unknown",
+    };
+    format!("{c} ({name})")
+}
+
+/// One process, with as few system calls as /proc allows: the directory is
+/// opened once and everything else is read relative to it (no path walks);
+/// `stat` replaces `status` (which the kernel builds field by field).
+fn capture_one(proc_root: &Path, pid: i32) -> Option<Process> {
+    let dir = std::fs::File::open(proc_root.join(pid.to_string())).ok()?;
+    let dfd = dir.as_raw_fd();
+    let uid = nix::sys::stat::fstat(dfd).ok().map(|st| st.st_uid);
+    let mut buf = Vec::with_capacity(512);
+    read_at(dfd, "stat", &mut buf)?;
+    let stat = String::from_utf8_lossy(&buf).into_owned();
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let f: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+    let page_kib = 4;
+    read_at(dfd, "cmdline", &mut buf);
+    let cmdline = buf
+        .split(|&c| c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    let exe = nix::fcntl::readlinkat(Some(dfd), "exe")
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
     let mut fds = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir.join("fd")) {
-        for e in rd.flatten() {
-            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+    if let Ok(mut fd_dir) = nix::dir::Dir::openat(
+        Some(dfd),
+        "fd",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        let fd_dfd = fd_dir.as_raw_fd();
+        for e in fd_dir.iter().flatten() {
+            let name = e.file_name();
+            let Some(fd) = name.to_str().ok().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            let target = std::fs::read_link(e.path())
+            let target = nix::fcntl::readlinkat(Some(fd_dfd), name)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             fds.push(Fd { fd, target });
         }
     }
     fds.sort_by_key(|f| f.fd);
-    // session and process group are fields 6 and 5 of stat, after the comm.
-    let (pgrp, session) = std::fs::read_to_string(dir.join("stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(2)?.parse().ok(), f.get(3)?.parse().ok()))
-        })
-        .unwrap_or((None, None));
     Some(Process {
         pid,
-        ppid: first_num("PPid:").unwrap_or(0) as i32,
-        uid: first_num("Uid:").map(|u| u as u32),
-        name: field("Name:").unwrap_or_default(),
-        state: field("State:").unwrap_or_default(),
+        ppid: num(1).unwrap_or(0) as i32,
+        uid,
+        name,
+        state: state_name(f.first().copied().unwrap_or("?")),
         cmdline,
         exe,
-        threads: first_num("Threads:").map(|t| t as u32),
-        vm_rss_kib: first_num("VmRSS:"),
-        session,
-        pgrp,
+        threads: num(17).map(|t| t as u32),
+        vm_rss_kib: num(21).map(|p| p.max(0) as u64 * page_kib),
+        session: num(3).map(|v| v as i32),
+        pgrp: num(2).map(|v| v as i32),
+        start_time_ticks: num(19).map(|v| v as u64),
         fds,
         sockets: Vec::new(),
     })
@@ -312,22 +360,28 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("42");
         std::fs::create_dir_all(p.join("fd")).unwrap();
+        std::fs::write(p.join("cmdline"), b"python3\0agent.py\0").unwrap();
         std::fs::write(
-            p.join("status"),
-            "Name:\tagent\nState:\tS (sleeping)\nPPid:\t7\nUid:\t1000\t1000\t1000\t1000\nThreads:\t3\nVmRSS:\t 1234 kB\n",
+            p.join("stat"),
+            "42 (a b) S 7 40 41 0 -1 4194560 1 0 0 0 5 6 0 0 20 0 3 0 777 1000 308 18446744073709551615",
         )
         .unwrap();
-        std::fs::write(p.join("cmdline"), b"python3\0agent.py\0").unwrap();
-        std::fs::write(p.join("stat"), "42 (a b) S 7 40 41 0").unwrap();
         let got = capture_processes(d.path(), &[42], 1);
         assert_eq!(got.len(), 1);
         let g = &got[0];
         assert_eq!(
-            (g.ppid, g.uid, g.threads, g.vm_rss_kib),
-            (7, Some(1000), Some(3), Some(1234))
+            (g.ppid, g.uid, g.threads, g.vm_rss_kib, g.start_time_ticks),
+            (
+                7,
+                Some(nix::unistd::getuid().as_raw()),
+                Some(3),
+                Some(308 * 4),
+                Some(777)
+            )
         );
+        assert_eq!(g.state, "S (sleeping)");
         assert_eq!(g.cmdline, vec!["python3", "agent.py"]);
         assert_eq!((g.pgrp, g.session), (Some(40), Some(41)));
-        assert_eq!(g.name, "agent");
+        assert_eq!(g.name, "a b");
     }
 }

@@ -117,29 +117,49 @@ pub fn run(
     }
     t.frozen_us = us(t0);
 
-    // 2. Evidence from the frozen tree.
+    // 2. Evidence from the frozen tree, agent by agent; each agent is killed
+    // as soon as its own evidence is taken (by a second thread, so that the
+    // kernel tears one agent down while the next is being captured). No
+    // process is killed before it was captured, and the agents still waiting
+    // for capture stay frozen and untouched.
     let cap_start = Instant::now();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let mut agents = Vec::new();
     let mut processes = 0;
-    for m in members {
-        let pids = m.cgroup.procs().unwrap_or_else(|e| {
-            errors.push(format!("{}: list processes: {e}", m.name));
-            Vec::new()
+    let kill_errors = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<&dyn Cgroup>();
+        let killer = s.spawn(move || {
+            let mut errs = Vec::new();
+            for cg in rx {
+                if let Err(e) = cg.kill() {
+                    errs.push(format!("kill {}: {e}", cg.path()));
+                }
+            }
+            errs
         });
-        let procs = evidence::capture_processes(Path::new("/proc"), &pids, threads);
-        processes += procs.len();
-        agents.push(AgentEvidence {
-            agent: m.name.clone(),
-            cgroup: m.cgroup.path().to_string(),
-            frozen,
-            stats: m.cgroup.stats().unwrap_or_default(),
-            processes: procs,
-            log_tail: m.log_tail.clone(),
-        });
-    }
+        for m in members {
+            let pids = m.cgroup.procs().unwrap_or_else(|e| {
+                errors.push(format!("{}: list processes: {e}", m.name));
+                Vec::new()
+            });
+            let procs = evidence::capture_processes(Path::new("/proc"), &pids, threads);
+            processes += procs.len();
+            agents.push(AgentEvidence {
+                agent: m.name.clone(),
+                cgroup: m.cgroup.path().to_string(),
+                frozen,
+                stats: m.cgroup.stats().unwrap_or_default(),
+                processes: procs,
+                log_tail: m.log_tail.clone(),
+            });
+            let _ = tx.send(m.cgroup);
+        }
+        drop(tx);
+        killer.join().unwrap_or_default()
+    });
+    errors.extend(kill_errors);
     let id = new_id();
     let ev = Evidence {
         version: 1,

@@ -301,6 +301,25 @@ impl AgentWatch {
         self.io_seen.clear();
     }
 
+    /// A sample in which the agent used no CPU at all: nothing can have
+    /// forked, allocated or written, so only the rates drop to zero. The
+    /// daemon takes this path for sleeping agents, which keeps an idle host
+    /// at one file read per agent per interval.
+    pub fn quiet(&mut self, now: Instant) {
+        self.busy_since = None;
+        if let Some(last) = self.last.as_mut() {
+            last.0 = now;
+        }
+        for k in ["cpu", "fork_rate"] {
+            if let Some(r) = self.readings.get_mut(k) {
+                r.value = 0.0;
+            }
+        }
+        if let Some(r) = self.readings.get_mut("busy_loop") {
+            r.value = 0.0;
+        }
+    }
+
     fn breach(&self, monitor: &str, value: String, threshold: String) -> Breach {
         Breach {
             monitor: monitor.into(),

@@ -108,6 +108,14 @@ impl Cgroup for HybridCgroup {
 
     /// v1 counters, completed from the unified side (`cpu.stat` is there
     /// even without controllers).
+    fn cpu_usage_usec(&self) -> Result<Option<u64>> {
+        self.unified.cpu_usage_usec()
+    }
+
+    fn cpu_usage_file(&self) -> Option<PathBuf> {
+        self.unified.cpu_usage_file()
+    }
+
     fn stats(&self) -> Result<Stats> {
         let a = self.v1.v1_stats()?;
         let b = self.unified.stats()?;

@@ -142,6 +142,17 @@ pub trait Cgroup: Send + Sync + std::fmt::Debug {
     /// or frozen state (v2 `cgroup.events`); None where only polling works.
     fn events_file(&self) -> Option<PathBuf>;
     fn stats(&self) -> Result<Stats>;
+    /// Total CPU time used, microseconds: one file read, for the monitors'
+    /// cheap "did anything run since the last sample" check.
+    fn cpu_usage_usec(&self) -> Result<Option<u64>> {
+        Ok(self.stats()?.cpu_usage_usec)
+    }
+    /// The file that holds total CPU usage (v2 `cpu.stat`, in usec on its
+    /// `usage_usec` line; v1 `cpuacct.usage`, in nsec), so a caller can keep
+    /// it open and re-read it with one pread per sample.
+    fn cpu_usage_file(&self) -> Option<PathBuf> {
+        None
+    }
     /// rmdir in every hierarchy, children first. Fails if populated.
     fn remove(&self) -> Result<()>;
 }
@@ -214,6 +225,38 @@ pub fn valid_agent_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// An open CPU-usage file of one cgroup, re-read with a single `pread` at
+/// offset 0 (cgroupfs regenerates the content on every read from 0).
+#[derive(Debug)]
+pub struct CpuCounter {
+    file: std::fs::File,
+    v1_nanos: bool,
+}
+
+impl CpuCounter {
+    pub fn open(cg: &dyn Cgroup) -> Option<CpuCounter> {
+        let path = cg.cpu_usage_file()?;
+        let v1_nanos = path.file_name().is_some_and(|n| n == "cpuacct.usage");
+        std::fs::File::open(path)
+            .ok()
+            .map(|file| CpuCounter { file, v1_nanos })
+    }
+
+    /// Microseconds of CPU used so far.
+    pub fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        let n = self.file.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        if self.v1_nanos {
+            return text.trim().parse::<u64>().ok().map(|ns| ns / 1000);
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+    }
 }
 
 /// Detects the layout and hands out cgroups under warden's root.

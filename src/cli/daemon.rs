@@ -12,11 +12,16 @@ pub struct Args {
     config: PathBuf,
 }
 
+/// Logs to stderr (the journal under systemd) at the level named by
+/// `WARDEN_LOG` (error, warn, info, debug, trace; default info).
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("WARDEN_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

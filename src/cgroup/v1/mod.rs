@@ -234,6 +234,18 @@ impl Cgroup for V1Cgroup {
         None
     }
 
+    fn cpu_usage_usec(&self) -> Result<Option<u64>> {
+        match self.dir_of(Controller::Cpuacct) {
+            Some(d) => cpuacct::usage_usec(d),
+            None => Ok(None),
+        }
+    }
+
+    fn cpu_usage_file(&self) -> Option<PathBuf> {
+        self.dir_of(Controller::Cpuacct)
+            .map(|d| d.join("cpuacct.usage"))
+    }
+
     fn stats(&self) -> Result<Stats> {
         let mut s = self.v1_stats()?;
         if s.pids_current.is_none() && self.exists() {

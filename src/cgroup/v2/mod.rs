@@ -131,6 +131,14 @@ impl Cgroup for V2Cgroup {
         Some(self.events())
     }
 
+    fn cpu_usage_usec(&self) -> Result<Option<u64>> {
+        cpu::usage_usec(&self.dir)
+    }
+
+    fn cpu_usage_file(&self) -> Option<PathBuf> {
+        Some(self.dir.join("cpu.stat"))
+    }
+
     fn stats(&self) -> Result<Stats> {
         let pids_current = match pids::current(&self.dir)? {
             Some(n) => Some(n),
