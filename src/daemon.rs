@@ -408,7 +408,7 @@ impl Daemon {
             .map(|(n, c)| Member {
                 name: n.clone(),
                 cgroup: c.as_ref(),
-                log_tail: String::new(),
+                log: None,
             })
             .collect();
         let agents = self.cg.agents();
@@ -709,7 +709,7 @@ impl Daemon {
                 s.cgroup.as_ref().map(|c| Member {
                     name: n.clone(),
                     cgroup: c.as_ref(),
-                    log_tail: s.log.tail_text(),
+                    log: Some(s.log.clone()),
                 })
             })
             .collect();
@@ -1025,7 +1025,7 @@ impl Daemon {
         let members = [Member {
             name: name.to_string(),
             cgroup: cg.as_ref(),
-            log_tail: s.log.tail_text(),
+            log: Some(s.log.clone()),
         }];
         let (report, evidence) = halt::run(
             cg.as_ref(),

@@ -68,7 +68,8 @@ impl Report {
 pub struct Member<'a> {
     pub name: String,
     pub cgroup: &'a dyn Cgroup,
-    pub log_tail: String,
+    /// The agent's output, whose tail goes into the evidence.
+    pub log: Option<crate::logs::AgentLog>,
 }
 
 fn us(t0: Instant) -> u64 {
@@ -117,58 +118,52 @@ pub fn run(
     }
     t.frozen_us = us(t0);
 
-    // 2. Evidence from the frozen tree, agent by agent; each agent is killed
-    // as soon as its own evidence is taken (by a second thread, so that the
-    // kernel tears one agent down while the next is being captured). No
-    // process is killed before it was captured, and the agents still waiting
-    // for capture stay frozen and untouched.
+    // 2. Evidence from the frozen tree: every process of every agent, read
+    // from /proc by one thread per core. Nothing is killed before all of it is
+    // taken. (Killing each agent right after its own capture was measured
+    // slower on two cores: the dying tasks and the capture fight for the
+    // same CPUs and locks.)
     let cap_start = Instant::now();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mut agents = Vec::new();
-    let mut processes = 0;
-    let kill_errors = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel::<&dyn Cgroup>();
-        let killer = s.spawn(move || {
-            let mut errs = Vec::new();
-            for cg in rx {
-                if let Err(e) = cg.kill() {
-                    errs.push(format!("kill {}: {e}", cg.path()));
-                }
-            }
-            errs
-        });
-        for m in members {
-            let pids = m.cgroup.procs().unwrap_or_else(|e| {
+    let per_agent: Vec<Vec<i32>> = members
+        .iter()
+        .map(|m| {
+            m.cgroup.procs().unwrap_or_else(|e| {
                 errors.push(format!("{}: list processes: {e}", m.name));
                 Vec::new()
-            });
-            let procs = evidence::capture_processes(Path::new("/proc"), &pids, threads);
-            processes += procs.len();
-            agents.push(AgentEvidence {
-                agent: m.name.clone(),
-                cgroup: m.cgroup.path().to_string(),
-                frozen,
-                stats: m.cgroup.stats().unwrap_or_default(),
-                processes: procs,
-                log_tail: m.log_tail.clone(),
-            });
-            let _ = tx.send(m.cgroup);
-        }
-        drop(tx);
-        killer.join().unwrap_or_default()
-    });
-    errors.extend(kill_errors);
+            })
+        })
+        .collect();
+    let all: Vec<i32> = per_agent.iter().flatten().copied().collect();
+    let mut by_pid: std::collections::HashMap<i32, evidence::Process> =
+        evidence::capture_processes(Path::new("/proc"), &all, threads)
+            .into_iter()
+            .map(|p| (p.pid, p))
+            .collect();
+    let processes = by_pid.len();
+    let mut agents: Vec<AgentEvidence> = members
+        .iter()
+        .zip(&per_agent)
+        .map(|(m, pids)| AgentEvidence {
+            agent: m.name.clone(),
+            cgroup: m.cgroup.path().to_string(),
+            frozen,
+            stats: m.cgroup.stats().unwrap_or_default(),
+            processes: pids.iter().filter_map(|p| by_pid.remove(p)).collect(),
+            log_tail: String::new(),
+        })
+        .collect();
     let id = new_id();
-    let ev = Evidence {
+    let mut ev = Evidence {
         version: 1,
         halt_id: id.clone(),
         trigger: trigger.to_string(),
         reason: reason.to_string(),
         captured_at_ms: evidence::now_ms(),
         host: evidence::hostname(),
-        agents,
+        agents: Vec::new(),
         capture_us: cap_start.elapsed().as_micros() as u64,
     };
     t.evidence_us = us(t0);
@@ -205,6 +200,12 @@ pub fn run(
         wait_until(scope, FREEZE_TIMEOUT, |c| c.is_frozen().unwrap_or(false));
     }
     t.empty_us = us(t0);
+    // The output tails are warden's own memory, not the agents': added after
+    // the kill, off the critical path.
+    for (a, m) in agents.iter_mut().zip(members) {
+        a.log_tail = m.log.as_ref().map(|l| l.tail_text()).unwrap_or_default();
+    }
+    ev.agents = agents;
     let report = Report {
         id,
         trigger: trigger.to_string(),

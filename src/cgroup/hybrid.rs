@@ -88,14 +88,11 @@ impl Cgroup for HybridCgroup {
         }
     }
 
-    /// Union of both sides: evidence should name a member even if it were
-    /// somehow missing from one hierarchy.
+    /// The unified side: it is what `kill` and `populated` act on, and warden
+    /// writes every agent into it before exec. (Reading every v1 hierarchy as
+    /// well cost a directory walk per hierarchy per agent on the halt path.)
     fn procs(&self) -> Result<Vec<i32>> {
-        let mut pids = self.unified.procs()?;
-        pids.extend(self.v1.procs()?);
-        pids.sort_unstable();
-        pids.dedup();
-        Ok(pids)
+        self.unified.procs()
     }
 
     fn populated(&self) -> Result<bool> {
