@@ -234,6 +234,10 @@ fn ev(kind: &str, agent: Option<&str>, uid: Option<u32>, data: serde_json::Value
 impl Daemon {
     /// Everything before the loop. Fails with a clear error, having started nothing.
     pub fn start(cfg: Config, opts: Options) -> Result<Daemon, DaemonError> {
+        // warden never blocks its stop signals: a parent that started it
+        // with SIGTERM or SIGINT blocked must not make it unstoppable. Done
+        // before any thread exists, so every thread inherits the empty mask.
+        let _ = nix::sys::signal::SigSet::all().thread_unblock();
         required_caps()?;
         make_dir(&cfg.state_dir, 0o700)?;
         make_dir(&cfg.log_dir, 0o750)?;
@@ -761,6 +765,8 @@ impl Daemon {
             report.survivors
         );
         self.seal_halt(&report, &evidence, uid);
+        drop(evidence);
+        crate::sys::release_free_memory();
         self.last_halt = Some(report);
         self.notify_status();
         if self.opts.exit_after_halt || was_shutting_down {

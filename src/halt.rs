@@ -168,7 +168,12 @@ pub fn run(
     };
     t.evidence_us = us(t0);
 
-    // 3. Kill, thaw, and wait for empty; retry loudly until it is.
+    // 3. Kill, thaw, and wait for empty; retry loudly until it is. Where the
+    // freezer is v2 (events file present) frozen tasks die on SIGKILL, so the
+    // thaw comes after `populated 0`: thawing first would only wake tasks
+    // and delay the kernel's notification of empty. On v1 the kill stays
+    // pending until the thaw, so it comes first.
+    let v2_freezer = scope.events_file().is_some();
     let mut attempts = 0;
     let mut survivors = Vec::new();
     while attempts < KILL_ATTEMPTS {
@@ -179,10 +184,19 @@ pub fn run(
         if attempts == 1 {
             t.killed_us = us(t0);
         }
+        let is_empty = |c: &dyn Cgroup| !c.populated().unwrap_or(true);
+        let mut empty = false;
+        if v2_freezer {
+            empty = wait_until(
+                scope,
+                empty_deadline.min(Duration::from_millis(500)),
+                is_empty,
+            );
+        }
         if let Err(e) = scope.thaw() {
             errors.push(format!("thaw: {e}"));
         }
-        if wait_until(scope, empty_deadline, |c| !c.populated().unwrap_or(true)) {
+        if empty || wait_until(scope, empty_deadline, is_empty) {
             survivors.clear();
             break;
         }
@@ -249,7 +263,9 @@ pub fn wait_until(cg: &dyn Cgroup, timeout: Duration, cond: impl Fn(&dyn Cgroup)
         match &notify {
             Some(ino) => {
                 use std::os::fd::AsFd;
-                let left = (deadline - now).min(Duration::from_millis(50));
+                // The kernel rate-limits cgroup.events notifications (about
+                // one per 10 ms per file), so look every millisecond too.
+                let left = (deadline - now).min(Duration::from_millis(1));
                 let mut fds = [nix::poll::PollFd::new(
                     ino.as_fd(),
                     nix::poll::PollFlags::POLLIN,
