@@ -31,7 +31,9 @@ use crate::sys::confine::PreparedRaw;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
-    #[error("landlock is not available on this kernel; refusing to start a brokered agent unconfined")]
+    #[error(
+        "landlock is not available on this kernel; refusing to start a brokered agent unconfined"
+    )]
     NoLandlock,
     #[error("could not create the landlock ruleset: {0}")]
     Ruleset(#[source] landlock::RulesetError),
@@ -142,11 +144,7 @@ pub fn prepare(spec: &ConfineSpec) -> Result<Prepared, ConfineError> {
         .create()
         .map_err(ConfineError::Ruleset)?;
 
-    let groups = [
-        (&spec.read, read),
-        (&spec.write, write),
-        (&spec.exec, exec),
-    ];
+    let groups = [(&spec.read, read), (&spec.write, write), (&spec.exec, exec)];
     for (paths, access) in groups {
         for path in paths {
             let fd = PathFd::new(path).map_err(|e| ConfineError::Open {
@@ -511,11 +509,17 @@ mod tests {
             assert_eq!(run(&f, AUDIT_ARCH, nr as u32, 0), RET_ALLOW);
         }
         let un = libc::SYS_unshare as u32;
-        assert_eq!(run(&f, AUDIT_ARCH, un, libc::CLONE_NEWUSER as u32), RET_EPERM);
+        assert_eq!(
+            run(&f, AUDIT_ARCH, un, libc::CLONE_NEWUSER as u32),
+            RET_EPERM
+        );
         assert_eq!(run(&f, AUDIT_ARCH, un, 0x80), RET_EPERM);
         assert_eq!(run(&f, AUDIT_ARCH, un, libc::CLONE_FILES as u32), RET_ALLOW);
         let cl = libc::SYS_clone as u32;
-        assert_eq!(run(&f, AUDIT_ARCH, cl, libc::CLONE_NEWNET as u32), RET_EPERM);
+        assert_eq!(
+            run(&f, AUDIT_ARCH, cl, libc::CLONE_NEWNET as u32),
+            RET_EPERM
+        );
         // fork(): SIGCHLD in the exit-signal bits must pass.
         assert_eq!(run(&f, AUDIT_ARCH, cl, libc::SIGCHLD as u32), RET_ALLOW);
         assert_eq!(run(&f, AUDIT_ARCH, libc::SYS_clone3 as u32, 0), RET_ENOSYS);

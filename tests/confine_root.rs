@@ -242,15 +242,16 @@ fn brokered_shell_script_runs_its_interpreter_but_no_other_program() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let spec = ConfineSpec::for_program(&script, &[inside.path().to_path_buf()]).unwrap();
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
     assert!(spec.exec.contains(&sh), "{:?}", spec.exec);
-    assert_eq!(spec.exec.len(), 3, "script, sh and the loader: {:?}", spec.exec);
+    assert_eq!(
+        spec.exec.len(),
+        3,
+        "script, sh and the loader: {:?}",
+        spec.exec
+    );
     let prepared = Arc::new(confine::prepare(&spec).unwrap());
     let out = run(&script, &[], inside.path(), &prepared, Layers::Both);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -262,7 +263,10 @@ fn brokered_shell_script_runs_its_interpreter_but_no_other_program() {
         "write-outside-refused",
         "cat-refused",
     ] {
-        assert!(stdout.lines().any(|l| l == line), "{line}: {stdout}\n{stderr}");
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line}: {stdout}\n{stderr}"
+        );
     }
     assert!(stderr.contains("Permission denied"), "{stderr}");
     assert!(!outside.path().join("theirs").exists());
@@ -273,5 +277,8 @@ fn brokered_shell_script_runs_its_interpreter_but_no_other_program() {
 fn python_exec_closure_has_the_loader() {
     let c = confine::exec_closure(Path::new("/usr/bin/python3")).unwrap();
     assert!(c.len() >= 2, "{c:?}");
-    assert!(c.iter().any(|p| p.to_string_lossy().contains("ld-linux")), "{c:?}");
+    assert!(
+        c.iter().any(|p| p.to_string_lossy().contains("ld-linux")),
+        "{c:?}"
+    );
 }
