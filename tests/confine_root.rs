@@ -282,3 +282,15 @@ fn python_exec_closure_has_the_loader() {
         "{c:?}"
     );
 }
+
+#[test]
+fn a_missing_path_is_an_error_that_names_it() {
+    require_root_and_landlock();
+    let spec = ConfineSpec {
+        exec: vec![],
+        read: vec![],
+        write: vec![PathBuf::from("/nonexistent-warden-confine")],
+    };
+    let err = confine::prepare(&spec).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent-warden-confine"), "{err}");
+}
