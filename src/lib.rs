@@ -32,6 +32,7 @@ pub mod casepack;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod confine;
 pub mod control;
 pub mod crypto;
 pub mod daemon;

@@ -2,6 +2,7 @@
 //! that nix does not wrap. Every block states the invariant it relies on.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod confine;
 pub mod exec;
 pub mod fsattr;
 pub mod watchdog;
