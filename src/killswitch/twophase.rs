@@ -234,8 +234,8 @@ impl TwoPhase {
             .map_err(|e| Refusal::Store(format!("{}: {e}", self.path.display())))
     }
 
-    /// Applies `f` to the in-memory set and persists it; on a failed write
-    /// the set is rolled back, so memory never claims what disk does not.
+    /// Puts `a` in the set and persists the set; on a failed write the set is
+    /// rolled back, so memory never claims what disk does not.
     fn commit(&mut self, a: Authorization) -> Result<Authorization, Refusal> {
         let before = self.auths.insert(a.id.clone(), a.clone());
         if let Err(e) = self.save() {
@@ -350,7 +350,7 @@ impl TwoPhase {
             .collect()
     }
 
-    /// Every authorization, oldest id order.
+    /// Every authorization, oldest first.
     pub fn list(&self) -> Vec<Authorization> {
         let mut v: Vec<Authorization> = self.auths.values().cloned().collect();
         v.sort_by_key(|a| (a.created_at, a.id.clone()));
