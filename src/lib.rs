@@ -20,6 +20,8 @@
 //!   tasks, governance); [`protect`] watches warden's own files.
 //! - [`watchdog`]: systemd and hardware watchdog pings, gated by health.
 //! - [`authz`]: signed, single-use resume authorizations.
+//! - [`killswitch`]: heartbeats, human oversight, two-phase kills, the kill
+//!   levels and the agents' revocable credentials.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`control`]: the JSON-lines protocol of the control socket and its server.
 //! - [`daemon`]: wires the above into the main loop.
@@ -40,6 +42,7 @@ pub mod demo;
 pub mod evidence;
 pub mod guard;
 pub mod halt;
+pub mod killswitch;
 pub mod logs;
 pub mod monitor;
 pub mod protect;
