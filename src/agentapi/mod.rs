@@ -185,7 +185,10 @@ impl AgentResponse {
     pub fn not_implemented(req: &AgentRequest) -> AgentResponse {
         AgentResponse::err(
             ErrorCode::NotImplemented,
-            format!("`{}` needs the tool broker, which is not enabled", req.name()),
+            format!(
+                "`{}` needs the tool broker, which is not enabled",
+                req.name()
+            ),
         )
     }
 }
@@ -293,9 +296,12 @@ mod tests {
             },
             AgentRequest::Propose {
                 tool: "shell".into(),
-                args: [("cmd".to_string(), json!("ls")), ("n".to_string(), json!(3))]
-                    .into_iter()
-                    .collect(),
+                args: [
+                    ("cmd".to_string(), json!("ls")),
+                    ("n".to_string(), json!(3)),
+                ]
+                .into_iter()
+                .collect(),
             },
             AgentRequest::RunStart { goal: "g".into() },
             AgentRequest::RunEnd {
@@ -331,11 +337,17 @@ mod tests {
             (r#"{"type":"propose","tool":"t"}"#, "propose"),
             (r#"{"type":"run.start","goal":"g"}"#, "run.start"),
             (r#"{"type":"run.end","run_id":"r"}"#, "run.end"),
-            (r#"{"type":"approval.wait","request_id":"p"}"#, "approval.wait"),
+            (
+                r#"{"type":"approval.wait","request_id":"p"}"#,
+                "approval.wait",
+            ),
         ] {
             let r = decode_request(line).unwrap();
             assert_eq!(r.name(), name);
-            assert_eq!(r.is_broker(), !["heartbeat", "whoami", "task"].contains(&name));
+            assert_eq!(
+                r.is_broker(),
+                !["heartbeat", "whoami", "task"].contains(&name)
+            );
         }
     }
 

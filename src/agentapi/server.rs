@@ -168,7 +168,9 @@ pub fn bind(
     gid: u32,
 ) -> std::io::Result<std::os::unix::net::UnixListener> {
     if agent.is_empty() || agent == "." || agent == ".." || agent.contains('/') {
-        return Err(invalid(format!("agent name {agent:?} cannot name a directory")));
+        return Err(invalid(format!(
+            "agent name {agent:?} cannot name a directory"
+        )));
     }
     if !dir.exists() {
         std::fs::create_dir_all(dir)?;
@@ -223,7 +225,15 @@ pub async fn serve(
     tx: mpsc::Sender<AgentCommand>,
 ) {
     let counters = Arc::new(Counters::default());
-    serve_with(listener, agent_name, expected_uid, Limits::default(), counters, tx).await
+    serve_with(
+        listener,
+        agent_name,
+        expected_uid,
+        Limits::default(),
+        counters,
+        tx,
+    )
+    .await
 }
 
 /// What every connection of one agent shares.
@@ -364,7 +374,12 @@ async fn connection(
             return;
         }
         let (resp, close) = handle(&ctx, &line, uid, pid, diagnostic).await;
-        if wr.write_all(encode_response(&resp).as_bytes()).await.is_err() || close {
+        if wr
+            .write_all(encode_response(&resp).as_bytes())
+            .await
+            .is_err()
+            || close
+        {
             return;
         }
         // Lines already buffered are read without touching the socket, so
@@ -473,4 +488,266 @@ fn whoami(ctx: &Ctx, uid: u32, pid: Option<i32>, diagnostic: bool) -> AgentRespo
             "max_connections": ctx.limits.max_connections,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        counters: Arc<Counters>,
+        rx: mpsc::Receiver<AgentCommand>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    fn me() -> u32 {
+        nix::unistd::getuid().as_raw()
+    }
+
+    fn start(uid: u32, limits: Limits, queue: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let l = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel(queue);
+        let counters = Arc::new(Counters::default());
+        let server = tokio::spawn(serve_with(
+            l,
+            "a1".into(),
+            uid,
+            limits,
+            counters.clone(),
+            tx,
+        ));
+        Fixture {
+            _dir: dir,
+            path,
+            counters,
+            rx,
+            server,
+        }
+    }
+
+    struct Conn {
+        rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+        wr: tokio::net::unix::OwnedWriteHalf,
+    }
+
+    impl Conn {
+        async fn open(p: &Path) -> Conn {
+            let (rd, wr) = UnixStream::connect(p).await.unwrap().into_split();
+            Conn {
+                rd: BufReader::new(rd),
+                wr,
+            }
+        }
+        async fn send(&mut self, line: &str) {
+            self.wr.write_all(line.as_bytes()).await.unwrap();
+        }
+        /// The next response, or None at end of stream.
+        async fn recv(&mut self) -> Option<AgentResponse> {
+            let mut s = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), self.rd.read_line(&mut s))
+                .await
+                .expect("answer in time")
+                .unwrap_or(0);
+            (n > 0).then(|| super::super::decode_response(&s).unwrap())
+        }
+        async fn call(&mut self, line: &str) -> AgentResponse {
+            self.send(line).await;
+            self.recv().await.expect("a response")
+        }
+    }
+
+    /// Answers every command `ok` with the message's type.
+    fn main_loop(mut rx: mpsc::Receiver<AgentCommand>) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut seen = vec![];
+            while let Some(c) = rx.recv().await {
+                seen.push(format!("{}:{}", c.agent, c.request.name()));
+                let _ = c.reply.send(AgentResponse::ok(serde_json::json!({})));
+            }
+            seen
+        })
+    }
+
+    fn code(r: &AgentResponse) -> Option<ErrorCode> {
+        r.code
+    }
+
+    #[tokio::test]
+    async fn messages_reach_the_main_loop_tagged_with_the_socket_agent() {
+        let mut f = start(me(), Limits::default(), 8);
+        let rx = std::mem::replace(&mut f.rx, mpsc::channel(1).1);
+        let ml = main_loop(rx);
+        let mut c = Conn::open(&f.path).await;
+        assert!(c.call("{\"type\":\"heartbeat\"}\n").await.ok);
+        assert!(
+            c.call("{\"type\":\"task\",\"description\":\"write tests\"}\n")
+                .await
+                .ok
+        );
+        let w = c.call("{\"type\":\"whoami\",\"version\":1}\n").await;
+        let d = w.data.unwrap();
+        assert_eq!(d["agent"], "a1");
+        assert_eq!(d["uid"], me());
+        assert_eq!(d["peer_pid"], std::process::id());
+        // Garbage gets an error and the connection stays usable.
+        assert_eq!(
+            code(&c.call("garbage\n").await),
+            Some(ErrorCode::BadRequest)
+        );
+        let r = c.call("{\"type\":\"heartbeat\",\"agent\":\"a2\"}\n").await;
+        assert!(r.error.unwrap().contains("unknown field `agent`"));
+        assert_eq!(
+            code(&c.call("\u{0}\u{ff}\n").await),
+            Some(ErrorCode::BadRequest)
+        );
+        assert!(c.call("{\"type\":\"heartbeat\"}\n").await.ok);
+        drop(c);
+        f.server.abort();
+        let _ = (&mut f.server).await;
+        // The aborted server dropped its sender: the main loop ends.
+        let seen = ml.await.unwrap();
+        assert_eq!(seen, ["a1:heartbeat", "a1:task", "a1:heartbeat"]);
+        assert_eq!(f.counters.bad_requests.load(Ordering::Relaxed), 3);
+        assert_eq!(f.counters.messages.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_refused_and_closes_the_connection() {
+        let limits = Limits {
+            max_line: 64,
+            ..Limits::default()
+        };
+        let mut f = start(me(), limits, 8);
+        let rx = std::mem::replace(&mut f.rx, mpsc::channel(1).1);
+        let _ml = main_loop(rx);
+        let mut c = Conn::open(&f.path).await;
+        // Exactly at the limit, newline included: accepted.
+        let pad = 64 - "{\"type\":\"task\",\"description\":\"\"}\n".len();
+        let fits = format!(
+            "{{\"type\":\"task\",\"description\":\"{}\"}}\n",
+            "x".repeat(pad)
+        );
+        assert_eq!(fits.len(), 64);
+        assert!(c.call(&fits).await.ok);
+        let r = c.call(&format!("{}\n", "y".repeat(4096))).await;
+        assert_eq!(code(&r), Some(ErrorCode::TooLong));
+        assert!(c.recv().await.is_none(), "closed after too_long");
+        assert_eq!(f.counters.too_long.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_is_dropped_before_the_main_loop() {
+        let limits = Limits {
+            rate_per_sec: 0.0,
+            burst: 3,
+            ..Limits::default()
+        };
+        let mut f = start(me(), limits, 8);
+        let rx = std::mem::replace(&mut f.rx, mpsc::channel(1).1);
+        let ml = main_loop(rx);
+        let mut c = Conn::open(&f.path).await;
+        let mut c2 = Conn::open(&f.path).await;
+        assert!(c.call("{\"type\":\"heartbeat\"}\n").await.ok);
+        assert!(c2.call("{\"type\":\"heartbeat\"}\n").await.ok);
+        assert_eq!(
+            code(&c.call("garbage\n").await),
+            Some(ErrorCode::BadRequest)
+        );
+        // The bucket is the agent's, shared by its connections.
+        for c in [&mut c, &mut c2] {
+            let r = c.call("{\"type\":\"heartbeat\"}\n").await;
+            assert_eq!(code(&r), Some(ErrorCode::RateLimited), "{r:?}");
+        }
+        f.server.abort();
+        let _ = (&mut f.server).await;
+        assert_eq!(ml.await.unwrap().len(), 2);
+        assert_eq!(f.counters.rate_limited.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn token_bucket_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 2, t0);
+        assert!(b.take(t0) && b.take(t0));
+        assert!(!b.take(t0));
+        assert!(!b.take(t0 + Duration::from_millis(50)));
+        assert!(b.take(t0 + Duration::from_millis(101)));
+        assert!(!b.take(t0 + Duration::from_millis(101)));
+        // A long pause refills to the burst, not beyond.
+        let later = t0 + Duration::from_secs(60);
+        assert!(b.take(later) && b.take(later));
+        assert!(!b.take(later));
+    }
+
+    #[tokio::test]
+    async fn a_full_main_loop_queue_answers_busy() {
+        // The main loop never reads: the first message fills the queue.
+        let f = start(me(), Limits::default(), 1);
+        let mut c = Conn::open(&f.path).await;
+        c.send("{\"type\":\"heartbeat\"}\n").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut c2 = Conn::open(&f.path).await;
+        let r = c2.call("{\"type\":\"heartbeat\"}\n").await;
+        assert_eq!(code(&r), Some(ErrorCode::Busy));
+        // whoami needs no main loop.
+        assert!(c2.call("{\"type\":\"whoami\"}\n").await.ok);
+        assert_eq!(f.counters.busy.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let f = start(me(), limits, 8);
+        let mut held = vec![];
+        for _ in 0..2 {
+            let mut c = Conn::open(&f.path).await;
+            assert!(c.call("{\"type\":\"whoami\"}\n").await.ok);
+            held.push(c);
+        }
+        let mut c = Conn::open(&f.path).await;
+        let r = c.recv().await.expect("a refusal");
+        assert_eq!(code(&r), Some(ErrorCode::TooManyConnections));
+        assert!(c.recv().await.is_none());
+        // A closed connection frees its slot.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut c = Conn::open(&f.path).await;
+        assert!(c.call("{\"type\":\"whoami\"}\n").await.ok);
+        assert_eq!(f.counters.connections_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn another_uid_never_speaks_for_the_agent() {
+        let other = me() + 4242;
+        let mut f = start(other, Limits::default(), 8);
+        let mut c = Conn::open(&f.path).await;
+        let r = c.call("{\"type\":\"heartbeat\"}\n").await;
+        if me() == 0 {
+            // Root may diagnose (whoami) but not act for the agent.
+            assert_eq!(code(&r), Some(ErrorCode::Refused));
+            let w = c.call("{\"type\":\"whoami\"}\n").await.data.unwrap();
+            assert_eq!(w["diagnostic"], true);
+            assert_eq!(w["uid"], other);
+        } else {
+            assert_eq!(code(&r), Some(ErrorCode::PeerRefused));
+            assert!(c.recv().await.is_none());
+            assert_eq!(f.counters.peer_refused.load(Ordering::Relaxed), 1);
+        }
+        assert!(f.rx.try_recv().is_err(), "nothing reached the main loop");
+    }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agentapi::client::{self, ClientError};
+use crate::agentapi::client;
 use crate::agentapi::AgentRequest;
 
 use super::exit;
@@ -97,7 +97,9 @@ pub fn run(a: Args) -> i32 {
         .agent_socket
         .or_else(|| std::env::var_os("WARDEN_SOCKET").map(PathBuf::from))
     else {
-        eprintln!("warden agent: no socket: WARDEN_SOCKET is not set and --agent-socket is not given");
+        eprintln!(
+            "warden agent: no socket: WARDEN_SOCKET is not set and --agent-socket is not given"
+        );
         return exit::USAGE;
     };
     let req = match request(a.message) {
@@ -137,7 +139,6 @@ pub fn run(a: Args) -> i32 {
     if resp.ok {
         exit::OK
     } else {
-        let _: Option<ClientError> = None;
         exit::FAILED
     }
 }
@@ -171,7 +172,15 @@ mod tests {
     #[test]
     fn propose_arguments() {
         let t = T::try_parse_from([
-            "t", "propose", "shell", "--arg", "cmd=ls -l", "--json-arg", "n=3", "--arg", "x=",
+            "t",
+            "propose",
+            "shell",
+            "--arg",
+            "cmd=ls -l",
+            "--json-arg",
+            "n=3",
+            "--arg",
+            "x=",
         ])
         .unwrap();
         let r = request(t.a.message).unwrap();
@@ -181,8 +190,8 @@ mod tests {
         );
         assert!(T::try_parse_from(["t", "propose", "shell", "--arg", "nokey"]).is_err());
         assert!(T::try_parse_from(["t", "propose", "shell", "--json-arg", "k={"]).is_err());
-        let t = T::try_parse_from(["t", "propose", "s", "--arg", "k=a", "--json-arg", "k=1"])
-            .unwrap();
+        let t =
+            T::try_parse_from(["t", "propose", "s", "--arg", "k=a", "--json-arg", "k=1"]).unwrap();
         assert!(request(t.a.message).unwrap_err().contains("twice"));
     }
 }
