@@ -143,10 +143,15 @@ impl Drop for Harness {
     }
 }
 
-/// Runs this test binary as `uid` in helper mode; returns its RESULT line.
+/// Runs this test binary as `uid` in helper mode (see `helper_process`).
 fn helper(uid: u32, mode: &str, socket: &Path, arg: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "helper_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("AGENTAPI_HELPER", mode)
         .env("AGENTAPI_SOCKET", socket)
         .env("AGENTAPI_ARG", arg)
