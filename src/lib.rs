@@ -24,10 +24,13 @@
 //!   levels and the agents' revocable credentials.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`control`]: the JSON-lines protocol of the control socket and its server.
+//! - [`agentapi`]: each agent's own socket (heartbeat, tasks, the broker's
+//!   messages): protocol, bounded and rate-limited server, client.
 //! - [`daemon`]: wires the above into the main loop.
 //! - [`cli`]: the `warden` command, one file per verb.
 #![deny(unsafe_code)]
 
+pub mod agentapi;
 pub mod audit;
 pub mod authz;
 pub mod casepack;

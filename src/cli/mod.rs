@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod agents;
 pub mod audit;
 mod authorize;
@@ -67,6 +68,8 @@ pub enum Verb {
     Status(status::Args),
     /// One line per agent.
     Agents(agents::Args),
+    /// Run by an agent: talk to its own socket ($WARDEN_SOCKET).
+    Agent(agent::Args),
     /// An agent's output.
     Logs(logs::Args),
     /// Start an agent.
@@ -125,6 +128,7 @@ pub fn main() -> i32 {
         Verb::CheckConfig(a) => check_config::run(a),
         Verb::Status(a) => status::run(&socket, a),
         Verb::Agents(a) => agents::run(&socket, a),
+        Verb::Agent(a) => agent::run(a),
         Verb::Logs(a) => logs::run(&socket, a),
         Verb::Start(a) => lifecycle::run(&socket, "start", a),
         Verb::Stop(a) => lifecycle::run(&socket, "stop", a),
