@@ -200,6 +200,10 @@ fn default_wd_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
+fn default_agent_socket_dir() -> PathBuf {
+    PathBuf::from(crate::agentapi::server::DEFAULT_DIR)
+}
+
 fn default_monitor_interval() -> Dur {
     Dur(Duration::from_secs(1))
 }
@@ -245,6 +249,11 @@ pub struct AgentConfig {
     /// Safety-monitor thresholds for this agent, over the daemon's `[limits]`.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Dead man's switch: the agent must heartbeat over its socket at least
+    /// this often, or after `missed` intervals it is halted.
+    pub heartbeat: Option<Dur>,
+    /// Intervals without a heartbeat that trip the switch (default 3).
+    pub missed: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -355,6 +364,11 @@ pub struct Config {
     pub checkpoint_every: Option<u64>,
     /// Command (argv) that receives each signed checkpoint as JSON on stdin.
     pub witness_command: Option<Vec<String>>,
+    /// Where each agent's own socket lives (`DIR/NAME/agent.sock`).
+    #[serde(default = "default_agent_socket_dir")]
+    pub agent_socket_dir: PathBuf,
+    /// If no human checks in (`warden checkin`) within this, everything halts.
+    pub oversight_timeout: Option<Dur>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
@@ -465,6 +479,15 @@ impl Config {
         if self.witness_command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(top("witness_command", "must not be empty".into()));
         }
+        if !self.agent_socket_dir.is_absolute() {
+            return Err(top("agent_socket_dir", "must be an absolute path".into()));
+        }
+        if self
+            .oversight_timeout
+            .is_some_and(|d| d.0 < Duration::from_secs(1))
+        {
+            return Err(top("oversight_timeout", "must be at least 1s".into()));
+        }
         if self.checkpoint_every == Some(0) {
             return Err(top("checkpoint_every", "must be at least 1".into()));
         }
@@ -537,6 +560,20 @@ impl Config {
                         format!("agent {name}: memory_max must be at least 1M"),
                     ));
                 }
+            }
+            if let Some(h) = a.heartbeat {
+                if h.0 < Duration::from_secs(1) {
+                    return Err(invalid(
+                        a.name.span(),
+                        format!("agent {name}: heartbeat must be at least 1s"),
+                    ));
+                }
+            }
+            if a.missed == Some(0) {
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: missed must be at least 1"),
+                ));
             }
             if let Err(e) = Thresholds::validate(&a.limits) {
                 return Err(invalid(a.name.span(), format!("agent {name}: limits: {e}")));

@@ -17,6 +17,8 @@ use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::agentapi::server::AgentCommand;
+use crate::agentapi::{AgentRequest, AgentResponse, ErrorCode};
 use crate::audit::{self, Audit, Safety};
 use crate::cgroup::{self, Cgroup, Layout, Limits, Manager};
 use crate::config::{AgentConfig, Config, Unenforced};
@@ -24,6 +26,8 @@ use crate::control::server::{self, Command};
 use crate::control::{ErrorKind, Request, Response};
 use crate::guard::Guard;
 use crate::halt::{self, Member};
+use crate::killswitch::heartbeat::{HeartbeatConfig, HeartbeatWatch};
+use crate::killswitch::oversight::OversightWatch;
 use crate::logs::AgentLog;
 use crate::monitor::{self, AgentWatch, Breach, Reading, Thresholds};
 use crate::protect::Protect;
@@ -104,6 +108,14 @@ struct Slot {
     last_cpu: Option<u64>,
     /// The agent cgroup's CPU-usage file, kept open while it runs.
     cpu_counter: Option<cgroup::CpuCounter>,
+    /// The task serving the agent's own socket while it runs.
+    api_task: Option<tokio::task::JoinHandle<()>>,
+    /// Its socket listener, bound before the agent starts, served after.
+    api_listener: Option<std::os::unix::net::UnixListener>,
+    /// Dead man's switch, when the agent has `heartbeat` configured.
+    heartbeat: Option<HeartbeatWatch>,
+    /// The uid its socket accepts.
+    uid: u32,
 }
 
 pub struct Daemon {
@@ -133,6 +145,12 @@ pub struct Daemon {
     next_monitor: Instant,
     /// The stop file watch was lost and the halt for it already ran.
     stop_watch_halted: bool,
+    /// Messages from agents' own sockets to the main loop.
+    agent_tx: Option<mpsc::Sender<AgentCommand>>,
+    /// warden's signing key, for heartbeat health tokens.
+    key: crate::crypto::KeyPair,
+    /// Human oversight: everything halts if nobody checks in in time.
+    oversight: OversightWatch,
 }
 
 fn required_caps() -> Result<(), DaemonError> {
@@ -296,6 +314,10 @@ impl Daemon {
                     limit_hits: (0, 0),
                     last_cpu: None,
                     cpu_counter: None,
+                    api_task: None,
+                    api_listener: None,
+                    heartbeat: None,
+                    uid: 0,
                 },
             );
         }
@@ -315,7 +337,21 @@ impl Daemon {
                    "systemd_watchdog": pinger.enabled()}),
         ))?;
         let host_limits = Thresholds::resolve(&[&cfg.limits]);
+        let key = crate::crypto::load_or_generate(&cfg.state_dir.join("keys")).map_err(|e| {
+            DaemonError::Io {
+                what: "cannot load the signing key in",
+                path: cfg.state_dir.join("keys"),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        let oversight = OversightWatch::new(
+            cfg.oversight_timeout.map(|d| d.0),
+            crate::evidence::now_ms(),
+        );
         let mut d = Daemon {
+            agent_tx: None,
+            key,
+            oversight,
             protect,
             pinger,
             host_limits,
@@ -510,6 +546,8 @@ impl Daemon {
         };
         let (tx, mut cmds) = mpsc::channel::<Command>(64);
         tokio::spawn(server::serve(listener, tx));
+        let (agent_tx, mut agent_cmds) = mpsc::channel::<AgentCommand>(256);
+        self.agent_tx = Some(agent_tx);
         let stop_fd: OwnedFd = match self.stop.inotify_fd().try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {
@@ -576,6 +614,7 @@ impl Daemon {
             Child,
             Hup,
             Cmd(Option<Command>),
+            Agent(Option<AgentCommand>),
             Timer,
         }
         loop {
@@ -605,6 +644,7 @@ impl Daemon {
                 _ = sigchld.recv() => Wake::Child,
                 _ = sighup.recv() => Wake::Hup,
                 c = cmds.recv() => Wake::Cmd(c),
+                c = agent_cmds.recv() => Wake::Agent(c),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -641,6 +681,8 @@ impl Daemon {
                 }
                 Wake::Cmd(Some(c)) => self.command(c, now),
                 Wake::Cmd(None) => {}
+                Wake::Agent(Some(c)) => self.agent_command(c, now),
+                Wake::Agent(None) => {}
                 Wake::Timer => {}
             }
             // Timers, monitors and watchdog pings run on every turn that they
@@ -752,6 +794,9 @@ impl Daemon {
                 }
             }
             s.log.note(&format!("hard halt {}: {}", report.id, reason));
+        }
+        for n in &names {
+            self.agent_down(n);
         }
         self.pending_survivors = !report.complete();
         self.print_report(&report);
@@ -955,6 +1000,31 @@ impl Daemon {
                 s.limit_hits = (0, 0);
                 s.last_cpu = None;
                 s.cpu_counter = None;
+                if let (Some(l), Some(tx)) = (s.api_listener.take(), self.agent_tx.clone()) {
+                    match tokio::net::UnixListener::from_std(l) {
+                        Ok(l) => {
+                            s.api_task = Some(tokio::spawn(crate::agentapi::server::serve(
+                                l,
+                                name.to_string(),
+                                s.uid,
+                                tx,
+                            )))
+                        }
+                        Err(e) => tracing::error!(agent = name, "cannot serve agent socket: {e}"),
+                    }
+                }
+                s.heartbeat = s.cfg.heartbeat.and_then(|h| {
+                    HeartbeatConfig::new(h.0, s.cfg.missed.unwrap_or(3))
+                        .ok()
+                        .map(|c| {
+                            HeartbeatWatch::new(
+                                name,
+                                c,
+                                self.key.clone(),
+                                crate::evidence::now_ms(),
+                            )
+                        })
+                });
                 s.log.note(&format!("started pid {pid}"));
                 tokio::spawn(s.log.clone().drain(out));
                 tokio::spawn(s.log.clone().drain(err));
@@ -1013,7 +1083,21 @@ impl Daemon {
             .cg
             .create_agent(name, &limits)
             .map_err(|e| e.to_string())?;
-        let started = crate::spawn::start(&s.cfg, cg.as_ref());
+        // The agent's own socket exists before its first instruction runs.
+        let id = crate::spawn::resolve_identity(&s.cfg).map_err(|e| e.to_string())?;
+        let listener =
+            crate::agentapi::server::bind(&self.cfg.agent_socket_dir, name, id.uid, id.gid)
+                .map_err(|e| {
+                    format!(
+                        "cannot bind its socket in {}: {e}",
+                        self.cfg.agent_socket_dir.display()
+                    )
+                })?;
+        let sock = crate::agentapi::server::socket_path(&self.cfg.agent_socket_dir, name);
+        let extra = [("WARDEN_SOCKET".to_string(), sock.display().to_string())];
+        s.api_listener = Some(listener);
+        s.uid = id.uid;
+        let started = crate::spawn::start(&s.cfg, cg.as_ref(), &extra);
         s.cgroup = Some(cg);
         let st = started.map_err(|e| e.to_string())?;
         Ok((st.pid, st.stdout, st.stderr))
@@ -1059,7 +1143,20 @@ impl Daemon {
         }
     }
 
+    /// The agent is down: stop serving its socket, forget its heartbeat.
+    fn agent_down(&mut self, name: &str) {
+        if let Some(s) = self.slots.get_mut(name) {
+            if let Some(t) = s.api_task.take() {
+                t.abort();
+            }
+            s.api_listener = None;
+            s.heartbeat = None;
+            let _ = crate::agentapi::server::unbind(&self.cfg.agent_socket_dir, name);
+        }
+    }
+
     fn remove_cgroup(&mut self, name: &str) {
+        self.agent_down(name);
         if let Some(s) = self.slots.get_mut(name) {
             if let Some(c) = s.cgroup.take() {
                 if let Err(e) = c.remove() {
@@ -1177,6 +1274,9 @@ impl Daemon {
         if now >= self.next_monitor {
             self.next_monitor = now + self.cfg.monitor_interval.0;
             if let Some(b) = self.sample_monitors(now) {
+                self.breach(b, now);
+            }
+            if let Some(b) = self.check_switches() {
                 self.breach(b, now);
             }
         }
@@ -1311,6 +1411,63 @@ impl Daemon {
         first
     }
 
+    /// Dead man's switches of running agents, and human oversight.
+    fn check_switches(&self) -> Option<Breach> {
+        if matches!(self.mode, Mode::Safe(_)) {
+            return None;
+        }
+        let now_ms = crate::evidence::now_ms();
+        self.slots
+            .values()
+            .filter(|s| matches!(s.sm.state, State::Running { .. }))
+            .find_map(|s| s.heartbeat.as_ref().and_then(|h| h.check(now_ms)))
+            .or_else(|| self.oversight.check(now_ms))
+    }
+
+    /// A message from an agent's own socket; its identity is the socket's.
+    fn agent_command(&mut self, c: AgentCommand, now: Instant) {
+        let name = c.agent.clone();
+        let Some(s) = self.slots.get_mut(&name) else {
+            let _ = c
+                .reply
+                .send(AgentResponse::err(ErrorCode::Refused, "unknown agent"));
+            return;
+        };
+        let resp = match &c.request {
+            AgentRequest::Heartbeat => match s.heartbeat.as_mut() {
+                Some(h) => {
+                    let token = h.beat(crate::evidence::now_ms());
+                    AgentResponse::ok(json!({"token": token}))
+                }
+                None => AgentResponse::ok(
+                    json!({"token": null, "note": "no heartbeat configured for this agent"}),
+                ),
+            },
+            AgentRequest::Task { description } => {
+                let breach = s.watch.task(now);
+                let count = s
+                    .watch
+                    .readings
+                    .get("tasks")
+                    .map(|r| r.value)
+                    .unwrap_or(0.0);
+                let _ = self.audit.record(ev(
+                    "agent_task",
+                    Some(&name),
+                    None,
+                    json!({"description": description, "pid": c.peer_pid, "tasks_24h": count}),
+                ));
+                let _ = c.reply.send(AgentResponse::ok(json!({"tasks_24h": count})));
+                if let Some(b) = breach {
+                    self.breach(b, now);
+                }
+                return;
+            }
+            other => AgentResponse::not_implemented(other),
+        };
+        let _ = c.reply.send(resp);
+    }
+
     /// A monitor tripped: safety event, hard halt, SAFE MODE.
     fn breach(&mut self, b: Breach, now: Instant) {
         if matches!(self.mode, Mode::Safe(_)) && !self.cg.agents().populated().unwrap_or(true) {
@@ -1416,6 +1573,10 @@ impl Daemon {
             Request::Stop { agent } => {
                 self.dispatch(&agent, Event::Stop);
                 self.agent_reply(&agent)
+            }
+            Request::Checkin => {
+                let c = self.oversight.checkin(uid, crate::evidence::now_ms());
+                Response::ok(json!({"checked_in": c, "next_due_ms": self.oversight.due_ms()}))
             }
             Request::Halt { reason } => {
                 if reason.trim().is_empty() {
@@ -1601,6 +1762,8 @@ impl Daemon {
             "limits": {"memory_max": s.cfg.memory_max.map(|b| b.0), "pids_max": s.cfg.pids_max, "cpu_max": s.cfg.cpu_max},
             "unenforced_limits": s.unenforced,
             "monitors": s.watch.readings,
+            "heartbeat_deadline_ms": s.heartbeat.as_ref().map(|h| h.deadline_ms()),
+            "socket": crate::agentapi::server::socket_path(&self.cfg.agent_socket_dir, name),
         })
     }
 
@@ -1636,6 +1799,7 @@ impl Daemon {
             },
             "agents": self.agents_json(),
             "host_monitors": self.host_readings,
+            "oversight": {"last_checkin": self.oversight.last(), "due_ms": self.oversight.due_ms()},
             "health": self.pinger.last,
             "watchdog": {
                 "enabled": self.pinger.enabled(),

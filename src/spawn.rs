@@ -146,7 +146,11 @@ pub struct Started {
 
 /// Starts the agent inside `cgroup`. The child joins the cgroup before it runs
 /// any of the agent's code.
-pub fn start(a: &AgentConfig, cgroup: &dyn Cgroup) -> Result<Started, SpawnError> {
+pub fn start(
+    a: &AgentConfig,
+    cgroup: &dyn Cgroup,
+    extra_env: &[(String, String)],
+) -> Result<Started, SpawnError> {
     let name = a.name().to_string();
     let io = |what: &'static str| {
         let agent = name.clone();
@@ -163,7 +167,11 @@ pub fn start(a: &AgentConfig, cgroup: &dyn Cgroup) -> Result<Started, SpawnError
         .iter()
         .map(|s| cstring(&name, "command", s.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    let envp = environment(a, &id)
+    // warden's own variables (the agent socket) win over the config's.
+    let mut env: std::collections::BTreeMap<String, String> =
+        environment(a, &id).into_iter().collect();
+    env.extend(extra_env.iter().cloned());
+    let envp = env
         .into_iter()
         .map(|(k, v)| cstring(&name, "env", format!("{k}={v}").as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;

@@ -401,6 +401,13 @@ fn demo_runs_and_reports_a_complete_halt() {
     assert!(stdout.contains("=== HALT"), "{stdout}");
     assert!(stdout.contains("survivors : none"), "{stdout}");
     assert!(stdout.contains("hostile"), "{stdout}");
+    // It cleans up after itself.
+    let cfg = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("config    : "))
+        .unwrap();
+    let dir = std::path::Path::new(cfg).parent().unwrap();
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 /// A copy of /sys/fs/cgroup made of bind mounts in a private mount namespace

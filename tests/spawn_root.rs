@@ -68,7 +68,7 @@ fn agent(extra: &str, script: &str) -> Config {
 
 /// Runs the agent to completion and returns its stdout.
 fn run(cfg: &Config) -> String {
-    let st = warden::spawn::start(&cfg.agents[0], &NoCgroup).expect("spawn");
+    let st = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).expect("spawn");
     let mut out = String::new();
     std::fs::File::from(st.stdout)
         .read_to_string(&mut out)
@@ -151,19 +151,19 @@ fn allow_root_agent_still_has_no_capabilities() {
 fn start_errors_name_the_step() {
     require_root();
     let cfg = agent("user = \"nobody\"\ncwd = \"/nonexistent-dir\"", "true");
-    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup).unwrap_err();
+    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
     assert!(
         e.to_string().contains("change to the working directory"),
         "{e}"
     );
     let text = "[[agent]]\nname = \"t\"\ncommand = [\"/nonexistent/bin\"]\nuser = \"nobody\"\n";
     let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
-    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup).unwrap_err();
+    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
     assert!(
         e.to_string().contains("execute the command") && e.to_string().contains("No such file"),
         "{e}"
     );
     let cfg = agent("user = \"no-such-user-xyz\"", "true");
-    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup).unwrap_err();
+    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
     assert!(e.to_string().contains("unknown user"), "{e}");
 }

@@ -65,6 +65,10 @@ pub fn run(a: Args) -> i32 {
             exit_after_halt: true,
         },
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    // safety_events.jsonl carries the append-only attribute: clear it first.
+    let _ = crate::sys::fsattr::clear_append_only_tree(&dir);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("warden: cannot remove {}: {e}", dir.display());
+    }
     code
 }

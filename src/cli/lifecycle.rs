@@ -38,3 +38,29 @@ pub fn run(socket: &Path, verb: &str, a: Args) -> i32 {
         Err(c) => c,
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct CheckinArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn checkin(socket: &Path, a: CheckinArgs) -> i32 {
+    match call(socket, &Request::Checkin) {
+        Ok(v) if a.json => {
+            print_json(&v);
+            0
+        }
+        Ok(v) => {
+            match v["next_due_ms"].as_u64() {
+                Some(due) => {
+                    let left = due.saturating_sub(crate::evidence::now_ms()) / 1000;
+                    println!("checked in; next check-in due within {left}s");
+                }
+                None => println!("checked in (no oversight_timeout is configured)"),
+            }
+            0
+        }
+        Err(c) => c,
+    }
+}

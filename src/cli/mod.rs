@@ -78,6 +78,8 @@ pub enum Verb {
     Stop(lifecycle::Args),
     /// Stop, then start an agent.
     Restart(lifecycle::Args),
+    /// Tell warden a human is watching (resets the oversight timeout).
+    Checkin(lifecycle::CheckinArgs),
     /// Hard halt: freeze, capture evidence, kill every agent; SAFE MODE.
     Halt(halt::Args),
     /// Leave SAFE MODE and start the agents (refused while the stop file exists).
@@ -133,6 +135,7 @@ pub fn main() -> i32 {
         Verb::Start(a) => lifecycle::run(&socket, "start", a),
         Verb::Stop(a) => lifecycle::run(&socket, "stop", a),
         Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
+        Verb::Checkin(a) => lifecycle::checkin(&socket, a),
         Verb::Halt(a) => halt::run(&socket, a),
         Verb::Resume(a) => resume::run(&socket, a),
         Verb::Audit(c) => audit::run(c),

@@ -38,6 +38,8 @@ pub enum Request {
     Halt {
         reason: String,
     },
+    /// A human says "I am watching" (oversight timeout).
+    Checkin,
     Resume {
         reason: String,
         /// A signed authorization (see `warden authorize-resume`), when the
@@ -68,6 +70,7 @@ impl Request {
             Request::Restart { .. } => "restart",
             Request::Halt { .. } => "halt",
             Request::Resume { .. } => "resume",
+            Request::Checkin => "checkin",
         }
     }
 }

@@ -61,12 +61,13 @@ impl Env {
         let d = dir.path();
         let q = |p: &Path| toml::Value::String(p.to_string_lossy().into()).to_string();
         let text = format!(
-            "stop_file = {}\nstate_dir = {}\nlog_dir = {}\nsocket = {}\ncgroup_root = {}\ngrace = \"1s\"\n\
+            "stop_file = {}\nstate_dir = {}\nlog_dir = {}\nsocket = {}\nagent_socket_dir = {}\ncgroup_root = {}\ngrace = \"1s\"\n\
              restart_backoff = \"100ms\"\nempty_deadline = \"5s\"\n{extra_top}\n{}",
             q(&d.join("safety/STOP")),
             q(&d.join("state")),
             q(&d.join("log")),
             q(&d.join("control.sock")),
+            q(&d.join("agents")),
             toml::Value::String(root.clone()),
             agents.replace("{M}", &marker)
         );
@@ -361,6 +362,9 @@ impl Drop for Env {
         for d in cgroup_dirs(&self.root) {
             scrub(&d);
         }
+        // safety_events.jsonl is append-only (FS_APPEND_FL): clear it, or
+        // the temporary directory cannot be removed.
+        let _ = warden::sys::fsattr::clear_append_only_tree(self.dir.path());
         // A process of ours outside any cgroup of ours (should never happen)
         // is still ours: end it by pid.
         for pid in marked_pids(&self.marker) {
