@@ -20,6 +20,8 @@
 //!   tasks, governance); [`protect`] watches warden's own files.
 //! - [`watchdog`]: systemd and hardware watchdog pings, gated by health.
 //! - [`authz`]: signed, single-use resume authorizations.
+//! - [`broker`]: the tool broker: registry, argument schemas, the policy
+//!   decision, approvals and runs.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`control`]: the JSON-lines protocol of the control socket and its server.
 //! - [`daemon`]: wires the above into the main loop.
@@ -28,6 +30,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod broker;
 pub mod casepack;
 pub mod cgroup;
 pub mod cli;
