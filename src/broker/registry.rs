@@ -535,7 +535,7 @@ prefix = "/srv/data"
         );
         let e = err(&dup);
         assert!(
-            e.contains("duplicate tool name \"grep\"") && e.contains("line 31"),
+            e.contains("duplicate tool name \"grep\"") && e.contains("line 32"),
             "{e}"
         );
         let e = err(&EXAMPLE.replace("\"{pattern}\"", "\"{patern}\""));
