@@ -284,6 +284,9 @@ pub struct ApprovalStore {
     key: VerifyingKey,
     pending_ttl: Duration,
     requests: HashMap<String, Request>,
+    /// (agent, tool, args_sha256) → its newest request: keeps `decide` from
+    /// scanning every request ever made.
+    newest: HashMap<(String, String, String), String>,
     /// Nonce → its token's expiry.
     consumed: HashMap<String, u64>,
     journal: Option<Journal>,
@@ -296,6 +299,7 @@ impl ApprovalStore {
             key,
             pending_ttl,
             requests: HashMap::new(),
+            newest: HashMap::new(),
             consumed: HashMap::new(),
             journal: None,
         }
@@ -395,6 +399,8 @@ impl ApprovalStore {
         }
         match entry {
             Entry::Request(r) => {
+                let call = (r.agent.clone(), r.tool.clone(), r.args_sha256.clone());
+                self.newest.insert(call, r.id.clone());
                 self.requests.insert(r.id.clone(), r);
             }
             Entry::Approved {
@@ -479,19 +485,19 @@ impl ApprovalStore {
         now_ms: u64,
     ) -> Option<&Request> {
         let ttl = self.pending_ttl.as_millis() as u64;
-        self.requests
-            .values()
-            .filter(|r| r.agent == agent && r.tool == tool && r.args_sha256 == args_sha256)
-            .filter(|r| match &r.state {
-                RequestState::Pending => now_ms < r.expires_at_ms,
-                RequestState::Approved {
-                    token_expires_at_ms,
-                    ..
-                } => now_ms < *token_expires_at_ms,
-                RequestState::Rejected { at_ms, .. } => now_ms < at_ms.saturating_add(ttl),
-                RequestState::Expired { .. } | RequestState::Used { .. } => false,
-            })
-            .max_by_key(|r| r.created_at_ms)
+        // A new request is only opened when none is live, so only the newest can be.
+        let call = (agent.to_string(), tool.to_string(), args_sha256.to_string());
+        let r = self.requests.get(self.newest.get(&call)?)?;
+        let live = match &r.state {
+            RequestState::Pending => now_ms < r.expires_at_ms,
+            RequestState::Approved {
+                token_expires_at_ms,
+                ..
+            } => now_ms < *token_expires_at_ms,
+            RequestState::Rejected { at_ms, .. } => now_ms < at_ms.saturating_add(ttl),
+            RequestState::Expired { .. } | RequestState::Used { .. } => false,
+        };
+        live.then_some(r)
     }
 
     /// Opens a pending request for a call; returns its id.
@@ -819,7 +825,7 @@ type = "path"
             s.approve(&id, Duration::from_secs(1), 0, &key, 61_000),
             Err(ApprovalError::RequestExpired(_))
         ));
-        assert_eq!(s.expire(61_000).unwrap(), [id.clone()]);
+        assert_eq!(s.expire(61_000).unwrap(), vec![id.clone()]);
         assert!(matches!(
             s.get(&id).unwrap().state,
             RequestState::Expired { .. }

@@ -235,7 +235,7 @@ fn evaluate(
         );
     };
     // 2. Allowed for this agent.
-    if !policy.tools.iter().any(|t| *t == tool.name) {
+    if !policy.tools.contains(&tool.name) {
         return deny(
             DenyCode::NotAllowed,
             format!(
@@ -804,7 +804,7 @@ output_cap = 1
             panic!()
         };
         let ttl = DEFAULT_PENDING_TTL.as_millis() as u64;
-        assert_eq!(f.approvals.expire(ttl).unwrap(), [a.clone()]);
+        assert_eq!(f.approvals.expire(ttl).unwrap(), vec![a.clone()]);
         let e = f
             .approvals
             .approve(&a, Duration::from_secs(1), 0, &f.key, ttl)
