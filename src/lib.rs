@@ -22,6 +22,8 @@
 //! - [`authz`]: signed, single-use resume authorizations.
 //! - [`killswitch`]: heartbeats, human oversight, two-phase kills, the kill
 //!   levels and the agents' revocable credentials.
+//! - [`broker`]: the tool broker: registry, argument schemas, the policy
+//!   decision, approvals and runs.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`control`]: the JSON-lines protocol of the control socket and its server.
 //! - [`agentapi`]: each agent's own socket (heartbeat, tasks, the broker's
@@ -33,6 +35,7 @@
 pub mod agentapi;
 pub mod audit;
 pub mod authz;
+pub mod broker;
 pub mod casepack;
 pub mod cgroup;
 pub mod cli;
