@@ -183,42 +183,19 @@ pub enum VerifyError {
     Revoked { id: String },
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileV1 {
-    version: u32,
-    credentials: Vec<Credential>,
-}
-
 pub fn encode(creds: &[Credential]) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&FileV1 {
-        version: VERSION,
-        credentials: creds.to_vec(),
-    })
-    .expect("credentials serialize");
-    out.push(b'\n');
-    out
+    super::encode_list(VERSION, "credentials", creds)
 }
 
 /// Parses [`encode`]'s output; any other version is refused.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Credential>, String> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    match v.get("version").and_then(|v| v.as_u64()) {
-        Some(1) => {}
-        Some(n) => {
-            return Err(format!(
-                "unsupported version {n} (this warden reads {VERSION})"
-            ))
-        }
-        None => return Err("no version".into()),
-    }
-    let f: FileV1 = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    for c in &f.credentials {
+    let creds: Vec<Credential> = super::decode_list(bytes, VERSION, "credentials")?;
+    for c in &creds {
         if hex_digest(&c.sha256).is_none() {
             return Err(format!("credential {} has a malformed digest", c.id));
         }
     }
-    Ok(f.credentials)
+    Ok(creds)
 }
 
 fn hex_digest(s: &str) -> Option<[u8; 32]> {

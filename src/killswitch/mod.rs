@@ -34,6 +34,48 @@ pub(crate) fn write_durable(path: &Path, data: &[u8], mode: u32) -> std::io::Res
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// `{"version": N, "<key>": [...]}`: the persisted form of a list of records,
+/// pretty JSON with a final newline. Paired with [`decode_list`].
+pub(crate) fn encode_list<T: serde::Serialize>(version: u32, key: &str, items: &[T]) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    map.insert("version".into(), version.into());
+    map.insert(
+        key.into(),
+        serde_json::to_value(items).expect("records serialize"),
+    );
+    let mut out = serde_json::to_vec_pretty(&map).expect("records serialize");
+    out.push(b'\n');
+    out
+}
+
+/// Parses [`encode_list`]'s output; any other version, or any other key, is
+/// refused rather than guessed.
+pub(crate) fn decode_list<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    version: u32,
+    key: &str,
+) -> Result<Vec<T>, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    match obj.get("version").and_then(|v| v.as_u64()) {
+        Some(n) if n == version as u64 => {}
+        Some(n) => {
+            return Err(format!(
+                "unsupported version {n} (this warden reads {version})"
+            ))
+        }
+        None => return Err("no version".into()),
+    }
+    if let Some(k) = obj.keys().find(|k| *k != "version" && *k != key) {
+        return Err(format!("unknown field `{k}`"));
+    }
+    let items = obj
+        .get(key)
+        .cloned()
+        .ok_or(format!("missing field `{key}`"))?;
+    serde_json::from_value(items).map_err(|e| e.to_string())
+}
+
 /// `1m 35s`-style text of a span of milliseconds, rounded down to seconds.
 pub(crate) fn human_ms(ms: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()

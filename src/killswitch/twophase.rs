@@ -156,38 +156,14 @@ pub fn transition(
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileV1 {
-    version: u32,
-    authorizations: Vec<Authorization>,
-}
-
 /// The persisted bytes of a set of authorizations.
 pub fn encode(auths: &[Authorization]) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&FileV1 {
-        version: VERSION,
-        authorizations: auths.to_vec(),
-    })
-    .expect("authorizations serialize");
-    out.push(b'\n');
-    out
+    super::encode_list(VERSION, "authorizations", auths)
 }
 
 /// Parses [`encode`]'s output; any other version is refused, never guessed.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Authorization>, String> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    match v.get("version").and_then(|v| v.as_u64()) {
-        Some(1) => {}
-        Some(n) => {
-            return Err(format!(
-                "unsupported version {n} (this warden reads {VERSION})"
-            ))
-        }
-        None => return Err("no version".into()),
-    }
-    let f: FileV1 = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    Ok(f.authorizations)
+    super::decode_list(bytes, VERSION, "authorizations")
 }
 
 /// The authorizations of this host, backed by their file.
