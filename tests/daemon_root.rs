@@ -148,15 +148,10 @@ fn cli_halt_and_sigint_halt() {
 
 #[test]
 fn orderly_stop_terms_then_kills_and_exits() {
-    let agents = [
-        agent("coop", workload::COOPERATIVE, 3, ""),
-        agent("ignorer", workload::TERM_IGNORING, 3, ""),
-        agent("escapee", workload::ESCAPEES, 3, ""),
-    ]
-    .concat();
-    let mut env = Env::new("", &agents);
+    // Every workload, the respawner and the fork bomb included.
+    let mut env = Env::new(NO_RUNAWAY, &hostile_agents());
     env.start();
-    env.wait_procs(12);
+    env.wait_procs(40);
     let t0 = Instant::now();
     env.signal(Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0, "{}", env.stderr());
@@ -169,7 +164,7 @@ fn orderly_stop_terms_then_kills_and_exits() {
     // A clean stop: the next start runs the agents.
     env.start();
     assert_eq!(env.status()["daemon"]["state"], "running");
-    env.wait_procs(12);
+    env.wait_procs(40);
     env.signal(Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();
@@ -177,14 +172,10 @@ fn orderly_stop_terms_then_kills_and_exits() {
 
 #[test]
 fn sigkill_of_daemon_leaves_no_agent_and_restart_is_safe_mode() {
-    let agents = [
-        agent("escapee", workload::ESCAPEES, 4, ""),
-        agent("ignorer", workload::TERM_IGNORING, 4, ""),
-    ]
-    .concat();
-    let mut env = Env::new("", &agents);
+    // Every workload, the respawner and the fork bomb included.
+    let mut env = Env::new(NO_RUNAWAY, &hostile_agents());
     env.start();
-    env.wait_procs(10);
+    env.wait_procs(40);
     env.signal(Signal::SIGKILL);
     assert_eq!(env.wait_exit(T), -9);
     // The guard takes down what PDEATHSIG cannot reach.
