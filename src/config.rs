@@ -369,6 +369,9 @@ pub struct Config {
     pub agent_socket_dir: PathBuf,
     /// If no human checks in (`warden checkin`) within this, everything halts.
     pub oversight_timeout: Option<Dur>,
+    /// Two-phase kills: `execute` must come from another uid than `arm`.
+    #[serde(default)]
+    pub two_person: bool,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }

@@ -36,6 +36,8 @@ use crate::stopfile::StopFile;
 use crate::supervisor::{self, Action, Event, ExitStatus, State};
 use crate::watchdog::{Hardware, Health, Pinger};
 
+mod twophase;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("warden daemon must run as root with CAP_SYS_ADMIN, CAP_KILL, CAP_SETUID and CAP_SETGID (missing {0})")]
@@ -116,6 +118,8 @@ struct Slot {
     heartbeat: Option<HeartbeatWatch>,
     /// The uid its socket accepts.
     uid: u32,
+    /// Frozen by a two-phase kill and held for inspection.
+    frozen: bool,
 }
 
 pub struct Daemon {
@@ -151,6 +155,10 @@ pub struct Daemon {
     key: crate::crypto::KeyPair,
     /// Human oversight: everything halts if nobody checks in in time.
     oversight: OversightWatch,
+    /// Armed, executed and cancelled two-phase kill authorizations.
+    twophase: crate::killswitch::twophase::TwoPhase,
+    /// Agents' credentials (digests only); revoked at kill level 1.
+    creds: crate::killswitch::credentials::CredentialStore,
 }
 
 fn required_caps() -> Result<(), DaemonError> {
@@ -318,6 +326,7 @@ impl Daemon {
                     api_listener: None,
                     heartbeat: None,
                     uid: 0,
+                    frozen: false,
                 },
             );
         }
@@ -348,7 +357,24 @@ impl Daemon {
             cfg.oversight_timeout.map(|d| d.0),
             crate::evidence::now_ms(),
         );
+        let ks_dir = cfg.state_dir.join("killswitch");
+        make_dir(&ks_dir, 0o700)?;
+        let store_err = |path: PathBuf| {
+            move |e: String| DaemonError::Io {
+                what: "cannot open",
+                path,
+                source: std::io::Error::other(e),
+            }
+        };
+        let ks_auth = ks_dir.join("authorizations.json");
+        let twophase = crate::killswitch::twophase::TwoPhase::open(&ks_auth, cfg.two_person)
+            .map_err(|e| store_err(ks_auth.clone())(e.to_string()))?;
+        let ks_creds = ks_dir.join("credentials.json");
+        let creds = crate::killswitch::credentials::CredentialStore::open(&ks_creds)
+            .map_err(|e| store_err(ks_creds.clone())(e.to_string()))?;
         let mut d = Daemon {
+            twophase,
+            creds,
             agent_tx: None,
             key,
             oversight,
@@ -1151,6 +1177,7 @@ impl Daemon {
             }
             s.api_listener = None;
             s.heartbeat = None;
+            s.frozen = false;
             let _ = crate::agentapi::server::unbind(&self.cfg.agent_socket_dir, name);
         }
     }
@@ -1278,6 +1305,9 @@ impl Daemon {
             }
             if let Some(b) = self.check_switches() {
                 self.breach(b, now);
+            }
+            if let Err(e) = self.twophase.expire(crate::evidence::now_ms()) {
+                tracing::error!("cannot persist expired kill authorizations: {e}");
             }
         }
         if now >= self.pinger.next() {
@@ -1574,6 +1604,18 @@ impl Daemon {
                 self.dispatch(&agent, Event::Stop);
                 self.agent_reply(&agent)
             }
+            Request::Arm {
+                agent,
+                all,
+                levels,
+                reason,
+                ttl,
+            } => self.arm(agent, all, levels, &reason, ttl, uid),
+            Request::Execute { id } => self.execute(&id, uid),
+            Request::Disarm { id } => self.disarm(&id, uid),
+            Request::Authorizations => {
+                Response::ok(json!({"authorizations": self.twophase.list()}))
+            }
             Request::Checkin => {
                 let c = self.oversight.checkin(uid, crate::evidence::now_ms());
                 Response::ok(json!({"checked_in": c, "next_due_ms": self.oversight.due_ms()}))
@@ -1749,7 +1791,7 @@ impl Daemon {
         };
         json!({
             "name": name,
-            "state": s.sm.state.name(),
+            "state": twophase::state_name(&s.sm.state, s.frozen),
             "reason": match &s.sm.state { State::Failed { reason } => Some(reason.clone()), _ => None },
             "pid": s.sm.state.pid(),
             "pids": pids,

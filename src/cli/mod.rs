@@ -23,6 +23,7 @@ mod logs;
 mod output;
 mod resume;
 mod status;
+mod twophase;
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -78,6 +79,14 @@ pub enum Verb {
     Stop(lifecycle::Args),
     /// Stop, then start an agent.
     Restart(lifecycle::Args),
+    /// Two-phase kill, phase one: authorise a kill of AGENT or --all, in levels.
+    Arm(twophase::ArmArgs),
+    /// Two-phase kill, phase two: run an armed authorization, once.
+    Execute(twophase::IdArgs),
+    /// Cancel an armed kill authorization.
+    Disarm(twophase::IdArgs),
+    /// List kill authorizations.
+    Authorizations(twophase::ListArgs),
     /// Tell warden a human is watching (resets the oversight timeout).
     Checkin(lifecycle::CheckinArgs),
     /// Hard halt: freeze, capture evidence, kill every agent; SAFE MODE.
@@ -136,6 +145,10 @@ pub fn main() -> i32 {
         Verb::Stop(a) => lifecycle::run(&socket, "stop", a),
         Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
         Verb::Checkin(a) => lifecycle::checkin(&socket, a),
+        Verb::Arm(a) => twophase::arm(&socket, a),
+        Verb::Execute(a) => twophase::execute(&socket, a),
+        Verb::Disarm(a) => twophase::disarm(&socket, a),
+        Verb::Authorizations(a) => twophase::list(&socket, a),
         Verb::Halt(a) => halt::run(&socket, a),
         Verb::Resume(a) => resume::run(&socket, a),
         Verb::Audit(c) => audit::run(c),

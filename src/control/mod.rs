@@ -40,6 +40,27 @@ pub enum Request {
     },
     /// A human says "I am watching" (oversight timeout).
     Checkin,
+    /// Two-phase kill, phase one: an authorization to execute later.
+    Arm {
+        agent: Option<String>,
+        #[serde(default)]
+        all: bool,
+        /// "1-4" (default), "3", "1-3", ...
+        levels: Option<String>,
+        reason: String,
+        /// e.g. "5m" (default).
+        ttl: Option<String>,
+    },
+    /// Phase two: run the levels of an armed authorization, once.
+    Execute {
+        id: String,
+    },
+    /// Cancel an armed authorization.
+    Disarm {
+        id: String,
+    },
+    /// List kill authorizations.
+    Authorizations,
     Resume {
         reason: String,
         /// A signed authorization (see `warden authorize-resume`), when the
@@ -55,7 +76,11 @@ impl Request {
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            Request::Ping | Request::Status | Request::Agents | Request::Logs { .. }
+            Request::Ping
+                | Request::Status
+                | Request::Agents
+                | Request::Logs { .. }
+                | Request::Authorizations
         )
     }
 
@@ -71,6 +96,10 @@ impl Request {
             Request::Halt { .. } => "halt",
             Request::Resume { .. } => "resume",
             Request::Checkin => "checkin",
+            Request::Arm { .. } => "arm",
+            Request::Execute { .. } => "execute",
+            Request::Disarm { .. } => "disarm",
+            Request::Authorizations => "authorizations",
         }
     }
 }

@@ -1,0 +1,291 @@
+//! Two-phase kills as the daemon runs them: `arm` makes an authorization,
+//! `execute` consumes it once and runs its levels in order, each audited
+//! with its time; evidence is captured before the first destructive level.
+//! The instant stop (stop file, `warden halt`) does not go through here.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{ev, Daemon};
+use crate::control::{ErrorKind, Response};
+use crate::evidence::{self, AgentEvidence, Evidence};
+use crate::halt::{self, Member};
+use crate::killswitch::levels::{Actuator, LevelRange, Plan};
+use crate::killswitch::twophase::Target;
+use crate::supervisor::{Event, State};
+
+/// How long a provider's revoke command may take at level 1.
+const REVOKE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    pub(super) fn arm(
+        &mut self,
+        agent: Option<String>,
+        all: bool,
+        levels: Option<String>,
+        reason: &str,
+        ttl: Option<String>,
+        uid: u32,
+    ) -> Response {
+        let target = match (agent, all) {
+            (Some(a), false) if self.slots.contains_key(&a) => Target::Agent(a),
+            (Some(a), false) => {
+                return Response::err(ErrorKind::NotFound, format!("no agent named {a:?}"))
+            }
+            (None, true) => Target::All,
+            _ => {
+                return Response::err(
+                    ErrorKind::BadRequest,
+                    "arm needs exactly one of an agent name or --all",
+                )
+            }
+        };
+        let levels: LevelRange = match levels.as_deref().unwrap_or("1-4").parse() {
+            Ok(l) => l,
+            Err(e) => return Response::err(ErrorKind::BadRequest, format!("levels: {e}")),
+        };
+        let ttl = match ttl.as_deref().map(humantime::parse_duration).transpose() {
+            Ok(t) => t,
+            Err(e) => return Response::err(ErrorKind::BadRequest, format!("ttl: {e}")),
+        };
+        if reason.trim().is_empty() {
+            return Response::err(ErrorKind::BadRequest, "arm needs a reason");
+        }
+        match self
+            .twophase
+            .arm(target, levels, reason, uid, evidence::now_ms(), ttl)
+        {
+            Ok(a) => {
+                let _ = self.audit.record(ev(
+                    "kill_armed",
+                    None,
+                    Some(uid),
+                    json!({ "authorization": a }),
+                ));
+                Response::ok(json!({ "authorization": a }))
+            }
+            Err(e) => Response::err(ErrorKind::Refused, format!("{e} ({})", e.code())),
+        }
+    }
+
+    pub(super) fn execute(&mut self, id: &str, uid: u32) -> Response {
+        let auth = match self.twophase.execute(id, uid, evidence::now_ms()) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.audit.record(ev(
+                    "kill_refused",
+                    None,
+                    Some(uid),
+                    json!({"id": id, "code": e.code(), "why": e.to_string()}),
+                ));
+                return Response::err(ErrorKind::Refused, format!("{e} ({})", e.code()));
+            }
+        };
+        let mut plan = Plan::new(auth.target.clone(), auth.levels);
+        let reason = format!("two-phase kill {}: {}", auth.id, auth.reason);
+        let mut clock = evidence::now_ms;
+        plan.run(
+            &mut Levels {
+                d: self,
+                reason: &reason,
+            },
+            &mut clock,
+        );
+        let _ = self.audit.record(ev(
+            "kill_executed",
+            None,
+            Some(uid),
+            json!({"authorization": auth, "plan": plan}),
+        ));
+        let _ = self.audit.checkpoint();
+        self.notify_status();
+        Response::ok(json!({"authorization": auth, "plan": plan}))
+    }
+
+    pub(super) fn disarm(&mut self, id: &str, uid: u32) -> Response {
+        match self.twophase.disarm(id, uid, evidence::now_ms()) {
+            Ok(a) => {
+                let _ = self.audit.record(ev(
+                    "kill_disarmed",
+                    None,
+                    Some(uid),
+                    json!({ "authorization": a }),
+                ));
+                Response::ok(json!({ "authorization": a }))
+            }
+            Err(e) => Response::err(ErrorKind::Refused, format!("{e} ({})", e.code())),
+        }
+    }
+
+    fn targets(&self, t: &Target) -> Vec<String> {
+        match t {
+            Target::Agent(a) => vec![a.clone()],
+            Target::All => self.slots.keys().cloned().collect(),
+        }
+    }
+}
+
+/// The daemon's side of each level.
+struct Levels<'a> {
+    d: &'a mut Daemon,
+    reason: &'a str,
+}
+
+impl Actuator for Levels<'_> {
+    fn revoke_credentials(&mut self, target: &Target) -> Result<String, String> {
+        let mut revoked = 0;
+        let mut failures = Vec::new();
+        for name in self.d.targets(target) {
+            let creds = self
+                .d
+                .creds
+                .revoke_agent(&name, evidence::now_ms())
+                .map_err(|e| e.to_string())?;
+            revoked += creds.len();
+            for c in creds {
+                if let Some(cmd) = &c.revoke_command {
+                    if let Err(e) = crate::killswitch::credentials::run_revoke_command(
+                        cmd,
+                        REVOKE_COMMAND_TIMEOUT,
+                    ) {
+                        failures.push(format!("{}: {e}", c.id));
+                    }
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(format!("{revoked} credentials revoked"))
+        } else {
+            Err(format!(
+                "{revoked} credentials revoked; provider revocation failed: {}",
+                failures.join("; ")
+            ))
+        }
+    }
+
+    fn cut_network(&mut self, _target: &Target) -> Result<String, String> {
+        Err("network isolation is not available: agents share the host's network namespace".into())
+    }
+
+    fn freeze(&mut self, target: &Target) -> Result<String, String> {
+        let mut frozen = Vec::new();
+        for name in self.d.targets(target) {
+            let s = self.d.slots.get_mut(&name).expect("slot");
+            let Some(cg) = s.cgroup.as_ref() else {
+                continue;
+            };
+            cg.freeze().map_err(|e| e.to_string())?;
+            if !halt::wait_until(cg.as_ref(), halt::FREEZE_TIMEOUT, |c| {
+                c.is_frozen().unwrap_or(false)
+            }) {
+                return Err(format!(
+                    "{name}: not frozen after {:?}",
+                    halt::FREEZE_TIMEOUT
+                ));
+            }
+            // A frozen agent cannot heartbeat: its dead man's switch is off
+            // while it is held for inspection.
+            s.frozen = true;
+            s.heartbeat = None;
+            frozen.push(name);
+        }
+        Ok(format!("frozen: {}", frozen.join(", ")))
+    }
+
+    fn capture_evidence(&mut self, target: &Target) -> Result<String, String> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut agents = Vec::new();
+        for name in self.d.targets(target) {
+            let s = &self.d.slots[&name];
+            let Some(cg) = s.cgroup.as_ref() else {
+                continue;
+            };
+            let pids = cg.procs().unwrap_or_default();
+            agents.push(AgentEvidence {
+                agent: name.clone(),
+                cgroup: cg.path().to_string(),
+                frozen: cg.is_frozen().unwrap_or(false),
+                stats: cg.stats().unwrap_or_default(),
+                processes: evidence::capture_processes(Path::new("/proc"), &pids, threads),
+                log_tail: s.log.tail_text(),
+            });
+        }
+        let id = halt::new_id();
+        let e = Evidence {
+            version: 1,
+            halt_id: id.clone(),
+            trigger: "two_phase".into(),
+            reason: self.reason.into(),
+            captured_at_ms: evidence::now_ms(),
+            host: evidence::hostname(),
+            agents,
+            capture_us: 0,
+        };
+        let value = serde_json::to_value(&e).map_err(|e| e.to_string())?;
+        self.d
+            .audit
+            .store_evidence(&id, &value)
+            .map_err(|e| e.to_string())
+    }
+
+    fn kill(&mut self, target: &Target) -> Result<String, String> {
+        let mut killed = 0;
+        let mut survivors = Vec::new();
+        for name in self.d.targets(target) {
+            let s = &self.d.slots[&name];
+            let Some(cg) = s.cgroup.as_ref() else {
+                continue;
+            };
+            let member = [Member {
+                name: name.clone(),
+                cgroup: cg.as_ref(),
+                log: Some(s.log.clone()),
+            }];
+            let (report, evidence) = halt::run(
+                cg.as_ref(),
+                &member,
+                "two_phase",
+                self.reason,
+                true,
+                Instant::now(),
+                self.d.cfg.empty_deadline.0,
+            );
+            killed += report.processes;
+            survivors.extend(report.survivors.iter().copied());
+            let pid = s.sm.state.pid();
+            if let Some(p) = pid {
+                super::reap_pid(p, true);
+            }
+            self.d.seal_halt(&report, &evidence, None);
+            let s = self.d.slots.get_mut(&name).expect("slot");
+            // Down until an operator starts it again; not restarted.
+            s.sm.handle(Event::Halted, Instant::now());
+            s.frozen = false;
+            if report.complete() {
+                self.d.remove_cgroup(&name);
+            } else {
+                self.d.pending_survivors = true;
+            }
+        }
+        if survivors.is_empty() {
+            Ok(format!("{killed} processes killed; cgroups verified empty"))
+        } else {
+            Err(format!(
+                "survivors {survivors:?}; the kill is being retried"
+            ))
+        }
+    }
+}
+
+/// Agents frozen by a two-phase kill show in status.
+pub(super) fn state_name(state: &State, frozen: bool) -> &'static str {
+    if frozen {
+        "frozen"
+    } else {
+        state.name()
+    }
+}

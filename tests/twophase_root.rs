@@ -1,0 +1,157 @@
+//! Root tests of the two-phase kill: the full ladder on a hostile workload,
+//! stopping at the freeze, and every refused case.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{agent, workload, Env};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(30);
+
+fn agents() -> String {
+    [
+        agent("hostile", workload::ESCAPEES, 4, ""),
+        agent("bystander", workload::COOPERATIVE, 2, ""),
+    ]
+    .concat()
+}
+
+fn arm(env: &Env, args: &[&str]) -> String {
+    let mut a = vec!["arm"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let (code, out, err) = env.cli(&a);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["authorization"]["id"].as_str().unwrap().to_string()
+}
+
+fn unified_events(env: &Env, agent: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/unified{}/agents/{agent}/cgroup.events",
+        common::CGROUP_MOUNT,
+        env.root
+    ))
+    .unwrap_or_default()
+}
+
+#[test]
+fn full_ladder_kills_only_the_target_and_records_each_level() {
+    let mut env = Env::new("", &agents());
+    env.start();
+    env.wait_procs(9);
+    let bystander_pids = env.agent("bystander")["pids"].as_array().unwrap().len();
+    let id = arm(&env, &["hostile", "--reason", "exfiltration suspected"]);
+    // Armed, not yet executed: nothing happened.
+    assert_eq!(env.agent("hostile")["state"], "running");
+    let (code, out, err) = env.cli(&["execute", &id, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = v["plan"]["steps"].as_array().unwrap();
+    let actions: Vec<String> = steps.iter().map(|s| s["action"].to_string()).collect();
+    // Levels in order, evidence right before the kill.
+    let joined = actions.join(" ");
+    let order = ["revoke", "network", "freeze", "evidence", "kill"];
+    let mut at = 0;
+    for o in order {
+        let p = joined[at..]
+            .to_lowercase()
+            .find(o)
+            .unwrap_or_else(|| panic!("{o} missing or out of order in {joined}"));
+        at += p;
+    }
+    // Level 2 is reported as not available; the ladder went on.
+    let net = steps
+        .iter()
+        .find(|s| s["action"].to_string().to_lowercase().contains("network"))
+        .unwrap();
+    assert!(net["state"].to_string().contains("not available"), "{net}");
+    let kill = steps
+        .iter()
+        .find(|s| s["action"].to_string().to_lowercase().contains("kill"))
+        .unwrap();
+    assert!(
+        kill["state"].to_string().contains("verified empty"),
+        "{kill}"
+    );
+    // The target is gone, escapees included; the bystander is untouched.
+    env.wait_for("hostile gone", T, || {
+        env.agent("hostile")["pids"].as_array().unwrap().is_empty()
+    });
+    assert_eq!(env.agent("hostile")["state"], "halted");
+    assert_eq!(env.agent("bystander")["state"], "running");
+    assert_eq!(
+        env.agent("bystander")["pids"].as_array().unwrap().len(),
+        bystander_pids
+    );
+    assert_eq!(env.status()["daemon"]["state"], "running");
+    // Used once.
+    let (code, _, err) = env.cli(&["execute", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("reused"), "{err}");
+    let (_, out, _) = env.cli(&["authorizations"]);
+    assert!(out.contains(&id) && out.contains("executed"), "{out}");
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn levels_up_to_freeze_keep_the_agent_frozen_for_inspection() {
+    let mut env = Env::new("", &agents());
+    env.start();
+    env.wait_procs(9);
+    let pids = env.agent("hostile")["pids"].as_array().unwrap().len();
+    let id = arm(&env, &["hostile", "--reason", "inspect", "--levels", "1-3"]);
+    let (code, out, err) = env.cli(&["execute", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(unified_events(&env, "hostile").contains("frozen 1"));
+    let a = env.agent("hostile");
+    assert_eq!(a["state"], "frozen", "{a}");
+    assert_eq!(a["pids"].as_array().unwrap().len(), pids, "nothing killed");
+    assert!(!unified_events(&env, "bystander").contains("frozen 1"));
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0, "{}", env.stderr());
+    env.assert_nothing_left();
+}
+
+#[test]
+fn refused_cases() {
+    let mut env = Env::new("two_person = true", &agents());
+    env.start();
+    // Unknown.
+    let (code, _, err) = env.cli(&["execute", "ks-0000000000000000"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown"), "{err}");
+    // Same uid with two_person: root armed it, root may not execute it.
+    let id = arm(&env, &["--all", "--reason", "test"]);
+    let (code, _, err) = env.cli(&["execute", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("same_uid"), "{err}");
+    // Cancelled.
+    let (code, _, err) = env.cli(&["disarm", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (_, _, err) = env.cli(&["execute", &id]);
+    assert!(err.contains("cancelled"), "{err}");
+    // Expired.
+    let id = arm(&env, &["hostile", "--reason", "test", "--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1300));
+    let (_, _, err) = env.cli(&["execute", &id]);
+    assert!(err.contains("expired"), "{err}");
+    // Bad requests.
+    let (code, _, err) = env.cli(&["arm", "nope", "--reason", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no agent named"), "{err}");
+    let (code, _, err) = env.cli(&["arm", "hostile", "--reason", "x", "--levels", "5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("levels"), "{err}");
+    let (code, _, _) = env.cli(&["arm", "--reason", "x"]);
+    assert_eq!(code, 2);
+    // Nothing was killed by any of it.
+    assert_eq!(env.agent("hostile")["state"], "running");
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}
