@@ -200,6 +200,10 @@ fn default_wd_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
+fn default_credentials_dir() -> PathBuf {
+    PathBuf::from("/run/warden/credentials")
+}
+
 fn default_agent_socket_dir() -> PathBuf {
     PathBuf::from(crate::agentapi::server::DEFAULT_DIR)
 }
@@ -372,6 +376,10 @@ pub struct Config {
     /// Two-phase kills: `execute` must come from another uid than `arm`.
     #[serde(default)]
     pub two_person: bool,
+    /// Where each agent's credentials appear as files (`DIR/NAME/CRED`,
+    /// 0400, owned by the agent); keep it on a tmpfs such as /run.
+    #[serde(default = "default_credentials_dir")]
+    pub credentials_dir: PathBuf,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
@@ -481,6 +489,9 @@ impl Config {
         }
         if self.witness_command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(top("witness_command", "must not be empty".into()));
+        }
+        if !self.credentials_dir.is_absolute() {
+            return Err(top("credentials_dir", "must be an absolute path".into()));
         }
         if !self.agent_socket_dir.is_absolute() {
             return Err(top("agent_socket_dir", "must be an absolute path".into()));

@@ -1120,7 +1120,16 @@ impl Daemon {
                     )
                 })?;
         let sock = crate::agentapi::server::socket_path(&self.cfg.agent_socket_dir, name);
-        let extra = [("WARDEN_SOCKET".to_string(), sock.display().to_string())];
+        let cred_dir = self.cfg.credentials_dir.join(name);
+        let extra = [
+            ("WARDEN_SOCKET".to_string(), sock.display().to_string()),
+            (
+                crate::killswitch::credentials::ENV_DIR.to_string(),
+                cred_dir.display().to_string(),
+            ),
+        ];
+        twophase::prepare_cred_dir(&cred_dir, id.uid, id.gid)
+            .map_err(|e| format!("cannot prepare {}: {e}", cred_dir.display()))?;
         s.api_listener = Some(listener);
         s.uid = id.uid;
         let started = crate::spawn::start(&s.cfg, cg.as_ref(), &extra);
@@ -1552,7 +1561,11 @@ impl Daemon {
 
     fn command(&mut self, c: Command, now: Instant) {
         let req_name = c.request.name();
-        let data = serde_json::to_value(&c.request).unwrap_or_default();
+        let mut data = serde_json::to_value(&c.request).unwrap_or_default();
+        // A token being checked is a secret: never into the audit log.
+        if let Request::CredVerify { .. } = &c.request {
+            data["token"] = json!("<redacted>");
+        }
         if let Err(e) = self.audit.record(ev(
             "command",
             None,
@@ -1616,6 +1629,15 @@ impl Daemon {
             Request::Authorizations => {
                 Response::ok(json!({"authorizations": self.twophase.list()}))
             }
+            Request::CredIssue {
+                agent,
+                kind,
+                name,
+                revoke_command,
+            } => self.cred_issue(&agent, &kind, &name, revoke_command, uid),
+            Request::CredVerify { token } => self.cred_verify(&token),
+            Request::CredList => Response::ok(json!({"credentials": self.creds.list()})),
+            Request::CredRevoke { id, agent } => self.cred_revoke(id, agent, uid),
             Request::Checkin => {
                 let c = self.oversight.checkin(uid, crate::evidence::now_ms());
                 Response::ok(json!({"checked_in": c, "next_due_ms": self.oversight.due_ms()}))

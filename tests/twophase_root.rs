@@ -155,3 +155,136 @@ fn refused_cases() {
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();
 }
+
+/// Every file below `dir`, as bytes (for "the secret appears nowhere").
+fn all_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn credentials_verify_until_revoked_and_never_leak() {
+    // The agent prints the sha256 of its credential file, never the secret.
+    let reader = "while :; do f=\"$WARDEN_CREDENTIALS_DIR/openai\"; \
+                  if [ -r \"$f\" ]; then echo \"HAVE $(sha256sum < \"$f\" | cut -c1-64)\"; else echo NONE; fi; sleep 0.2; done";
+    let agents = [
+        agent("a", reader, 0, ""),
+        agent("b", workload::COOPERATIVE, 1, "").replace("user = \"nobody\"", "user = \"65533\""),
+    ]
+    .concat();
+    let mut env = Env::new("", &agents);
+    env.start();
+    env.wait_procs(3);
+    let (code, out, err) = env.cli(&[
+        "cred", "issue", "a", "--kind", "api-key", "--name", "openai",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let secret = out.trim().to_string();
+    assert!(secret.starts_with("wdn_apikey_"), "{secret}");
+    // The file: 0400, owned by the agent's user, readable by it.
+    let file = env.path("credentials/a/openai");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o400);
+    assert_eq!(m.uid(), 65534);
+    // Its directory admits only that user (agent b runs as uid 65533).
+    let dm = std::fs::metadata(env.path("credentials/a")).unwrap();
+    assert_eq!((dm.mode() & 0o777, dm.uid()), (0o500, 65534));
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    };
+    env.wait_for("agent reads its credential", T, || {
+        env.cli(&["logs", "a"])
+            .1
+            .contains(&format!("HAVE {digest}"))
+    });
+    // Verify: valid; another token is not.
+    let verify = |tok: &str| {
+        let mut c = std::process::Command::new(common::bin())
+            .arg("--socket")
+            .arg(env.socket())
+            .args(["cred", "verify"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(tok.as_bytes()).unwrap();
+        c.wait_with_output().unwrap().status.code().unwrap()
+    };
+    assert_eq!(verify(&secret), 0);
+    let mut forged = secret.clone();
+    forged.pop();
+    forged.push(if secret.ends_with('0') { '1' } else { '0' });
+    assert_eq!(verify(&forged), 1);
+    // The secret is nowhere in warden's state, logs or audit (only its digest).
+    for (p, b) in all_bytes(&env.path("state"))
+        .into_iter()
+        .chain(all_bytes(&env.path("log")))
+    {
+        assert!(
+            !b.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "secret found in {}",
+            p.display()
+        );
+    }
+    // Revoke: verify fails at once and the file is gone.
+    let (code, _, err) = env.cli(&["cred", "revoke", "--agent", "a"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verify(&secret), 1);
+    assert!(!file.exists());
+    let (_, out, _) = env.cli(&["cred", "list"]);
+    assert!(out.contains("revoked") && !out.contains(&secret), "{out}");
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn level_one_revokes_the_targets_credentials() {
+    let mut env = Env::new("", &agents());
+    env.start();
+    env.wait_procs(9);
+    let (code, out, err) = env.cli(&[
+        "cred", "issue", "hostile", "--kind", "service", "--name", "db",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let secret = out.trim().to_string();
+    let id = arm(&env, &["hostile", "--reason", "leak", "--levels", "1"]);
+    let (code, out, err) = env.cli(&["execute", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 credentials revoked"), "{out}");
+    let mut c = std::process::Command::new(common::bin())
+        .arg("--socket")
+        .arg(env.socket())
+        .args(["cred", "verify"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    assert_eq!(c.wait().unwrap().code(), Some(1));
+    // Level 1 alone kills nothing.
+    assert_eq!(env.agent("hostile")["state"], "running");
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}

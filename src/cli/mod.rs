@@ -14,6 +14,7 @@ pub mod audit;
 mod authorize;
 pub mod casepack;
 mod check_config;
+mod cred;
 mod daemon;
 mod demo;
 mod halt;
@@ -87,6 +88,9 @@ pub enum Verb {
     Disarm(twophase::IdArgs),
     /// List kill authorizations.
     Authorizations(twophase::ListArgs),
+    /// Agents' credentials: issue (secret shown once), list, revoke, verify.
+    #[command(subcommand)]
+    Cred(cred::CredCommand),
     /// Tell warden a human is watching (resets the oversight timeout).
     Checkin(lifecycle::CheckinArgs),
     /// Hard halt: freeze, capture evidence, kill every agent; SAFE MODE.
@@ -145,6 +149,7 @@ pub fn main() -> i32 {
         Verb::Stop(a) => lifecycle::run(&socket, "stop", a),
         Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
         Verb::Checkin(a) => lifecycle::checkin(&socket, a),
+        Verb::Cred(c) => cred::run(&socket, c),
         Verb::Arm(a) => twophase::arm(&socket, a),
         Verb::Execute(a) => twophase::execute(&socket, a),
         Verb::Disarm(a) => twophase::disarm(&socket, a),

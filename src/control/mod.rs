@@ -61,6 +61,23 @@ pub enum Request {
     },
     /// List kill authorizations.
     Authorizations,
+    /// Issue a credential to an agent; the secret is answered once.
+    CredIssue {
+        agent: String,
+        kind: String,
+        name: String,
+        revoke_command: Option<Vec<String>>,
+    },
+    /// Check a token; answers which credential it is, or refuses.
+    CredVerify {
+        token: String,
+    },
+    CredList,
+    /// Revoke one credential, or every credential of an agent.
+    CredRevoke {
+        id: Option<String>,
+        agent: Option<String>,
+    },
     Resume {
         reason: String,
         /// A signed authorization (see `warden authorize-resume`), when the
@@ -81,6 +98,8 @@ impl Request {
                 | Request::Agents
                 | Request::Logs { .. }
                 | Request::Authorizations
+                | Request::CredList
+                | Request::CredVerify { .. }
         )
     }
 
@@ -100,6 +119,10 @@ impl Request {
             Request::Execute { .. } => "execute",
             Request::Disarm { .. } => "disarm",
             Request::Authorizations => "authorizations",
+            Request::CredIssue { .. } => "cred-issue",
+            Request::CredVerify { .. } => "cred-verify",
+            Request::CredList => "cred-list",
+            Request::CredRevoke { .. } => "cred-revoke",
         }
     }
 }

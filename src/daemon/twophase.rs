@@ -289,3 +289,122 @@ pub(super) fn state_name(state: &State, frozen: bool) -> &'static str {
         state.name()
     }
 }
+
+/// The agent's credentials directory: 0500, owned by the agent, inside a
+/// root-owned 0755 parent. Existing secret files stay (they were issued to
+/// this agent and are revoked by removing them).
+pub(super) fn prepare_cred_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = dir.parent() {
+        if !parent.is_dir() {
+            std::fs::create_dir_all(parent)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    if !dir.is_dir() {
+        std::fs::create_dir(dir)?;
+    }
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
+}
+
+impl Daemon {
+    pub(super) fn cred_issue(
+        &mut self,
+        agent: &str,
+        kind: &str,
+        name: &str,
+        revoke_command: Option<Vec<String>>,
+        uid: u32,
+    ) -> Response {
+        use crate::killswitch::credentials::{materialize, Kind};
+        let Some(slot) = self.slots.get(agent) else {
+            return Response::err(ErrorKind::NotFound, format!("no agent named {agent:?}"));
+        };
+        let kind: Kind = match kind.parse() {
+            Ok(k) => k,
+            Err(e) => return Response::err(ErrorKind::BadRequest, e.to_string()),
+        };
+        let id = match crate::spawn::resolve_identity(&slot.cfg) {
+            Ok(i) => i,
+            Err(e) => return Response::err(ErrorKind::Failed, e.to_string()),
+        };
+        let (info, secret) =
+            match self
+                .creds
+                .issue(agent, kind, name, revoke_command, evidence::now_ms())
+            {
+                Ok(x) => x,
+                Err(e) => return Response::err(ErrorKind::BadRequest, e.to_string()),
+            };
+        let dir = self.cfg.credentials_dir.join(agent);
+        let delivered = prepare_cred_dir(&dir, id.uid, id.gid)
+            .and_then(|_| materialize(&dir, id.uid, id.gid, &[(&info, &secret)]));
+        let _ = self.audit.record(ev(
+            "credential_issued",
+            Some(agent),
+            Some(uid),
+            json!({"credential": info, "delivered": delivered.is_ok()}),
+        ));
+        if let Err(e) = delivered {
+            return Response::err(
+                ErrorKind::Failed,
+                format!(
+                    "issued {} but cannot write it to {}: {e}",
+                    info.id,
+                    dir.display()
+                ),
+            );
+        }
+        Response::ok(json!({
+            "credential": info,
+            "secret": secret.expose(),
+            "file": dir.join(&info.name),
+        }))
+    }
+
+    pub(super) fn cred_verify(&self, token: &str) -> Response {
+        match self.creds.verify(token.trim()) {
+            Ok(info) => Response::ok(json!({ "valid": true, "credential": info })),
+            Err(e) => Response::err(ErrorKind::Refused, e.to_string()),
+        }
+    }
+
+    pub(super) fn cred_revoke(
+        &mut self,
+        id: Option<String>,
+        agent: Option<String>,
+        uid: u32,
+    ) -> Response {
+        let now = evidence::now_ms();
+        let revoked = match (id, agent) {
+            (Some(id), None) => self.creds.revoke(&id, now).map(|i| vec![i]),
+            (None, Some(agent)) => self
+                .creds
+                .revoke_agent(&agent, now)
+                .map(|v| v.iter().map(|c| c.info()).collect()),
+            _ => {
+                return Response::err(
+                    ErrorKind::BadRequest,
+                    "revoke needs exactly one of a credential id or --agent",
+                )
+            }
+        };
+        match revoked {
+            Ok(infos) => {
+                for i in &infos {
+                    let _ =
+                        std::fs::remove_file(self.cfg.credentials_dir.join(&i.agent).join(&i.name));
+                }
+                let _ = self.audit.record(ev(
+                    "credential_revoked",
+                    None,
+                    Some(uid),
+                    json!({ "credentials": infos }),
+                ));
+                Response::ok(json!({ "revoked": infos }))
+            }
+            Err(e) => Response::err(ErrorKind::Refused, e.to_string()),
+        }
+    }
+}

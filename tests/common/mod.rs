@@ -61,13 +61,14 @@ impl Env {
         let d = dir.path();
         let q = |p: &Path| toml::Value::String(p.to_string_lossy().into()).to_string();
         let text = format!(
-            "stop_file = {}\nstate_dir = {}\nlog_dir = {}\nsocket = {}\nagent_socket_dir = {}\ncgroup_root = {}\ngrace = \"1s\"\n\
+            "stop_file = {}\nstate_dir = {}\nlog_dir = {}\nsocket = {}\nagent_socket_dir = {}\ncredentials_dir = {}\ncgroup_root = {}\ngrace = \"1s\"\n\
              restart_backoff = \"100ms\"\nempty_deadline = \"5s\"\n{extra_top}\n{}",
             q(&d.join("safety/STOP")),
             q(&d.join("state")),
             q(&d.join("log")),
             q(&d.join("control.sock")),
             q(&d.join("agents")),
+            q(&d.join("credentials")),
             toml::Value::String(root.clone()),
             agents.replace("{M}", &marker)
         );
