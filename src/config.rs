@@ -258,6 +258,27 @@ pub struct AgentConfig {
     pub heartbeat: Option<Dur>,
     /// Intervals without a heartbeat that trip the switch (default 3).
     pub missed: Option<u32>,
+    /// `free` (default) or `brokered`: a Landlock ruleset lets the agent
+    /// execute only its own program (and its interpreter and loader), write
+    /// only its `cwd` and `write_paths`, read system trees and `read_paths`;
+    /// a seccomp filter refuses ptrace, mount, modules, keyrings and the like.
+    #[serde(default)]
+    pub exec: ExecMode,
+    /// Brokered mode: more trees the agent may read.
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// Brokered mode: more directories the agent may write.
+    #[serde(default)]
+    pub write_paths: Vec<PathBuf>,
+}
+
+/// How freely an agent may run programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecMode {
+    #[default]
+    Free,
+    Brokered,
 }
 
 fn yes() -> bool {
@@ -582,6 +603,16 @@ impl Config {
                         format!("agent {name}: heartbeat must be at least 1s"),
                     ));
                 }
+            }
+            if a.read_paths
+                .iter()
+                .chain(&a.write_paths)
+                .any(|p| !p.is_absolute())
+            {
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: read_paths and write_paths must be absolute"),
+                ));
             }
             if a.missed == Some(0) {
                 return Err(invalid(

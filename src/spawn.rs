@@ -38,6 +38,11 @@ pub enum SpawnError {
         agent: String,
         source: exec::ExecError,
     },
+    #[error("agent {agent}: {source}")]
+    Confine {
+        agent: String,
+        source: crate::confine::ConfineError,
+    },
     #[error("agent {agent}: {what} contains a NUL byte")]
     Nul { agent: String, what: &'static str },
 }
@@ -194,7 +199,26 @@ pub fn start(
     if let Some(n) = a.rlimits.fsize {
         rlimits.push((libc::RLIMIT_FSIZE, n.0, n.0));
     }
+    let confine = match a.exec {
+        crate::config::ExecMode::Free => None,
+        crate::config::ExecMode::Brokered => {
+            let err = |source| SpawnError::Confine {
+                agent: name.clone(),
+                source,
+            };
+            let mut write: Vec<std::path::PathBuf> = a.write_paths.clone();
+            write.extend(a.cwd.iter().cloned());
+            let mut spec = crate::confine::ConfineSpec::for_program(
+                Path::new(&a.command.get_ref()[0]),
+                &write,
+            )
+            .map_err(err)?;
+            spec.read.extend(a.read_paths.iter().cloned());
+            Some(crate::confine::prepare(&spec).map_err(err)?)
+        }
+    };
     let plan = ExecPlan {
+        confine,
         path: argv[0].clone(),
         argv,
         envp,

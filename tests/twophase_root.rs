@@ -288,3 +288,38 @@ fn level_one_revokes_the_targets_credentials() {
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();
 }
+
+#[test]
+fn brokered_agent_cannot_run_programs_by_itself() {
+    // The agent's own program is python3 (no shell in between: in brokered
+    // mode only the agent's program, its interpreter and loader may run).
+    let probe = "import subprocess, time\n\
+for argv in ([\"/bin/sh\", \"-c\", \"echo shell ran\"], [\"/usr/bin/curl\", \"--version\"]):\n    \
+try:\n        subprocess.run(argv, capture_output=True)\n        print(\"RAN\", argv[0], flush=True)\n    \
+except (PermissionError, FileNotFoundError) as e:\n        print(\"BLOCKED\", argv[0], type(e).__name__, flush=True)\n\
+print(\"READ\", open(\"/etc/hostname\").read().strip() != \"\", flush=True)\ntime.sleep(1000)";
+    let table = |name: &str, extra: &str| {
+        format!(
+            "[[agent]]\nname = \"{name}\"\ncommand = [\"/usr/bin/python3\", \"-c\", {}]\nuser = \"nobody\"\n\
+             env = {{ WARDEN_TEST_MARK = \"{{M}}\" }}\n{extra}\n",
+            toml::Value::String(probe.into())
+        )
+    };
+    let agents = [table("boxed", "exec = \"brokered\""), table("free", "")].concat();
+    let mut env = Env::new("", &agents);
+    env.start();
+    env.wait_for("probes", T, || {
+        env.cli(&["logs", "boxed"]).1.contains("READ")
+            && env.cli(&["logs", "free"]).1.contains("READ")
+    });
+    let (_, boxed, _) = env.cli(&["logs", "boxed"]);
+    assert!(boxed.contains("BLOCKED /bin/sh PermissionError"), "{boxed}");
+    assert!(!boxed.contains("RAN"), "{boxed}");
+    assert!(boxed.contains("READ True"), "{boxed}");
+    // The same program without brokered mode runs the shell.
+    let (_, free, _) = env.cli(&["logs", "free"]);
+    assert!(free.contains("RAN /bin/sh"), "{free}");
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}

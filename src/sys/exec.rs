@@ -36,6 +36,8 @@ pub struct ExecPlan {
     /// Highest capability number (/proc/sys/kernel/cap_last_cap), for dropping
     /// the bounding set.
     pub cap_last: u32,
+    /// Brokered mode: the Landlock ruleset and seccomp filter to apply last.
+    pub confine: Option<crate::confine::Prepared>,
 }
 
 /// The step of child setup that failed; its number is sent over the error pipe.
@@ -59,6 +61,8 @@ pub enum Step {
     Chdir = 15,
     CloseFds = 16,
     Exec = 17,
+    Landlock = 18,
+    Seccomp = 19,
 }
 
 impl Step {
@@ -82,6 +86,8 @@ impl Step {
             Chdir,
             CloseFds,
             Exec,
+            Landlock,
+            Seccomp,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -106,6 +112,8 @@ impl Step {
             Step::Chdir => "change to the working directory",
             Step::CloseFds => "close inherited descriptors",
             Step::Exec => "execute the command",
+            Step::Landlock => "apply the landlock ruleset",
+            Step::Seccomp => "install the seccomp filter",
         }
     }
 }
@@ -303,6 +311,21 @@ unsafe fn child_after_fork(
     }
     if libc::chdir(plan.cwd.as_ptr()) != 0 {
         fail(err, Step::Chdir);
+    }
+    // 10b. Brokered mode: Landlock, then seccomp (both need no_new_privs,
+    // set above); nothing after this needs a denied call.
+    if let Some(p) = &plan.confine {
+        let raw = p.raw();
+        if let Err((step, errno)) = crate::sys::confine::apply_in_child(&raw) {
+            *libc::__errno_location() = errno;
+            fail(
+                err,
+                match step {
+                    crate::sys::confine::ConfineStep::Landlock => Step::Landlock,
+                    crate::sys::confine::ConfineStep::Seccomp => Step::Seccomp,
+                },
+            );
+        }
     }
     // 11. No inherited descriptors: mark everything from 3 up close-on-exec
     // (the error pipe already is, so it closes exactly at a successful exec).
