@@ -270,6 +270,19 @@ pub struct AgentConfig {
     /// Brokered mode: more directories the agent may write.
     #[serde(default)]
     pub write_paths: Vec<PathBuf>,
+    /// `host` (default): the host's network; `none`: an empty network
+    /// namespace of its own (no interface but a down loopback).
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// Which network an agent sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Host,
+    None,
 }
 
 /// How freely an agent may run programs.

@@ -219,6 +219,7 @@ pub fn start(
     };
     let plan = ExecPlan {
         confine,
+        new_netns: a.network == crate::config::NetworkMode::None,
         path: argv[0].clone(),
         argv,
         envp,

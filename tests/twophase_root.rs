@@ -323,3 +323,38 @@ print(\"READ\", open(\"/etc/hostname\").read().strip() != \"\", flush=True)\ntim
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();
 }
+
+#[test]
+fn network_none_has_no_route_to_the_host() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let probe = format!(
+        "exec python3 -c 'import socket, time\ntry:\n    socket.create_connection((\"127.0.0.1\", {port}), timeout=2)\n    print(\"CONNECTED\", flush=True)\nexcept OSError as e:\n    print(\"NO NETWORK\", e.errno, flush=True)\ntime.sleep(1000)'"
+    );
+    let agents = [
+        agent("offline", &probe, 0, "network = \"none\""),
+        agent("online", &probe, 0, ""),
+    ]
+    .concat();
+    let mut env = Env::new("", &agents);
+    env.start();
+    env.wait_for("probes", T, || {
+        let a = env.cli(&["logs", "offline"]).1;
+        let b = env.cli(&["logs", "online"]).1;
+        (a.contains("CONNECTED") || a.contains("NO NETWORK")) && b.contains("CONNECTED")
+    });
+    let (_, off, _) = env.cli(&["logs", "offline"]);
+    assert!(
+        off.contains("NO NETWORK") && !off.contains("CONNECTED"),
+        "{off}"
+    );
+    // Kill level 2 on it: nothing to cut, reported as done.
+    let id = arm(&env, &["offline", "--reason", "r", "--levels", "2"]);
+    let (code, out, err) = env.cli(&["execute", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no network to cut"), "{out}");
+    drop(server);
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}

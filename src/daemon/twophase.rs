@@ -165,8 +165,18 @@ impl Actuator for Levels<'_> {
         }
     }
 
-    fn cut_network(&mut self, _target: &Target) -> Result<String, String> {
-        Err("network isolation is not available: agents share the host's network namespace".into())
+    fn cut_network(&mut self, target: &Target) -> Result<String, String> {
+        let names = self.d.targets(target);
+        let shared: Vec<&String> = names
+            .iter()
+            .filter(|n| self.d.slots[*n].cfg.network == crate::config::NetworkMode::Host)
+            .collect();
+        if shared.is_empty() {
+            return Ok("no network to cut: network = \"none\"".into());
+        }
+        Err(format!(
+            "cannot cut the network of {shared:?}: they share the host's network namespace (network = \"host\"); isolated networks are not available yet"
+        ))
     }
 
     fn freeze(&mut self, target: &Target) -> Result<String, String> {

@@ -38,6 +38,8 @@ pub struct ExecPlan {
     pub cap_last: u32,
     /// Brokered mode: the Landlock ruleset and seccomp filter to apply last.
     pub confine: Option<crate::confine::Prepared>,
+    /// Start in a new, empty network namespace (`network = "none"`).
+    pub new_netns: bool,
 }
 
 /// The step of child setup that failed; its number is sent over the error pipe.
@@ -63,6 +65,7 @@ pub enum Step {
     Exec = 17,
     Landlock = 18,
     Seccomp = 19,
+    Network = 20,
 }
 
 impl Step {
@@ -88,6 +91,7 @@ impl Step {
             Exec,
             Landlock,
             Seccomp,
+            Network,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -114,6 +118,7 @@ impl Step {
             Step::Exec => "execute the command",
             Step::Landlock => "apply the landlock ruleset",
             Step::Seccomp => "install the seccomp filter",
+            Step::Network => "enter a new network namespace",
         }
     }
 }
@@ -264,6 +269,10 @@ unsafe fn child_after_fork(
         if libc::setrlimit(res as _, &lim) != 0 {
             fail(err, Step::Rlimit);
         }
+    }
+    // 6b. Its own empty network namespace, while still privileged.
+    if plan.new_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
+        fail(err, Step::Network);
     }
     // 7. Capabilities: the bounding set can only be dropped with CAP_SETPCAP,
     // so before setuid; ambient cleared so nothing is regained at exec.
