@@ -1099,11 +1099,7 @@ impl Daemon {
         // A cgroup left from the last run of this agent must be empty first.
         let existing = self.cg.agent(name);
         if existing.populated().unwrap_or(false) {
-            existing.kill().map_err(|e| e.to_string())?;
-            let _ = existing.thaw();
-            halt::wait_until(existing.as_ref(), self.cfg.empty_deadline.0, |c| {
-                !c.populated().unwrap_or(true)
-            });
+            halt::clear(existing.as_ref(), self.cfg.empty_deadline.0).map_err(|e| e.to_string())?;
         }
         let cg = self
             .cg
@@ -1140,13 +1136,32 @@ impl Daemon {
 
     /// The ladder on one agent (orderly stop after grace, operator kill).
     fn kill_one(&mut self, name: &str, trigger: &str, reason: &str) {
-        let Some(s) = self.slots.get(name) else {
-            return;
-        };
-        let Some(cg) = s.cgroup.as_ref() else {
-            self.dispatch(name, Event::Empty);
-            return;
-        };
+        match self.ladder_one(name, trigger, reason, false) {
+            None => self.dispatch(name, Event::Empty),
+            Some(report) => {
+                self.slots[name].log.note(&format!(
+                    "killed after grace: {} processes, empty after {} us",
+                    report.processes, report.timings.empty_us
+                ));
+                if report.complete() {
+                    self.dispatch(name, Event::Empty);
+                }
+            }
+        }
+    }
+
+    /// The halt ladder on one agent's cgroup (evidence, kill, verify empty),
+    /// then reaps its main process and seals the evidence; the cgroup is
+    /// removed once empty, else the kill is retried. None if it has no cgroup.
+    fn ladder_one(
+        &mut self,
+        name: &str,
+        trigger: &str,
+        reason: &str,
+        hard: bool,
+    ) -> Option<halt::Report> {
+        let s = self.slots.get(name)?;
+        let cg = s.cgroup.as_ref()?;
         let members = [Member {
             name: name.to_string(),
             cgroup: cg.as_ref(),
@@ -1157,25 +1172,20 @@ impl Daemon {
             &members,
             trigger,
             reason,
-            false,
+            hard,
             Instant::now(),
             self.cfg.empty_deadline.0,
         );
-        let pid = s.sm.state.pid();
-        if let Some(p) = pid {
+        if let Some(p) = s.sm.state.pid() {
             reap_pid(p, true);
         }
-        s.log.note(&format!(
-            "killed after grace: {} processes, empty after {} us",
-            report.processes, report.timings.empty_us
-        ));
         self.seal_halt(&report, &evidence, None);
         if report.complete() {
             self.remove_cgroup(name);
-            self.dispatch(name, Event::Empty);
         } else {
             self.pending_survivors = true;
         }
+        Some(report)
     }
 
     /// The agent is down: stop serving its socket, forget its heartbeat.
@@ -1210,15 +1220,7 @@ impl Daemon {
         let Some(cg) = s.cgroup.as_ref() else { return };
         if cg.populated().unwrap_or(false) {
             let n = cg.procs().map(|p| p.len()).unwrap_or(0);
-            let _ = cg.freeze();
-            halt::wait_until(cg.as_ref(), halt::FREEZE_TIMEOUT, |c| {
-                c.is_frozen().unwrap_or(false)
-            });
-            let _ = cg.kill();
-            let _ = cg.thaw();
-            halt::wait_until(cg.as_ref(), self.cfg.empty_deadline.0, |c| {
-                !c.populated().unwrap_or(true)
-            });
+            let _ = halt::clear(cg.as_ref(), self.cfg.empty_deadline.0);
             s.log.note(&format!(
                 "main process exited; killed {n} processes it left behind"
             ));

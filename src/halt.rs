@@ -278,6 +278,19 @@ fn read_nonblocking(ino: &mut &inotify::Inotify, buf: &mut [u8]) -> std::io::Res
     nix::unistd::read(fd, buf).map_err(std::io::Error::from)
 }
 
+/// Freeze, kill, thaw and wait for empty, without evidence: for what an
+/// exited main process left behind, or a stale cgroup before a start.
+/// Returns whether the cgroup emptied in time; an error only if the kill
+/// could not be sent.
+pub fn clear(cg: &dyn Cgroup, deadline: Duration) -> crate::cgroup::Result<bool> {
+    let _ = cg.freeze();
+    wait_until(cg, FREEZE_TIMEOUT, |c| c.is_frozen().unwrap_or(false));
+    let killed = cg.kill();
+    let _ = cg.thaw();
+    killed?;
+    Ok(wait_until(cg, deadline, |c| !c.populated().unwrap_or(true)))
+}
+
 /// SIGTERM to the process group of `pid` and to every member of the cgroup
 /// (members that left the group or session are reached through the cgroup).
 pub fn term(cg: &dyn Cgroup, pid: Option<i32>) -> usize {

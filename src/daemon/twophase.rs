@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{ev, Daemon};
 use crate::control::{ErrorKind, Response};
 use crate::evidence::{self, AgentEvidence, Evidence};
-use crate::halt::{self, Member};
+use crate::halt;
 use crate::killswitch::levels::{Actuator, LevelRange, Plan};
 use crate::killswitch::twophase::Target;
 use crate::supervisor::{Event, State};
@@ -246,40 +246,15 @@ impl Actuator for Levels<'_> {
         let mut killed = 0;
         let mut survivors = Vec::new();
         for name in self.d.targets(target) {
-            let s = &self.d.slots[&name];
-            let Some(cg) = s.cgroup.as_ref() else {
+            let Some(report) = self.d.ladder_one(&name, "two_phase", self.reason, true) else {
                 continue;
             };
-            let member = [Member {
-                name: name.clone(),
-                cgroup: cg.as_ref(),
-                log: Some(s.log.clone()),
-            }];
-            let (report, evidence) = halt::run(
-                cg.as_ref(),
-                &member,
-                "two_phase",
-                self.reason,
-                true,
-                Instant::now(),
-                self.d.cfg.empty_deadline.0,
-            );
             killed += report.processes;
             survivors.extend(report.survivors.iter().copied());
-            let pid = s.sm.state.pid();
-            if let Some(p) = pid {
-                super::reap_pid(p, true);
-            }
-            self.d.seal_halt(&report, &evidence, None);
             let s = self.d.slots.get_mut(&name).expect("slot");
             // Down until an operator starts it again; not restarted.
             s.sm.handle(Event::Halted, Instant::now());
             s.frozen = false;
-            if report.complete() {
-                self.d.remove_cgroup(&name);
-            } else {
-                self.d.pending_survivors = true;
-            }
         }
         if survivors.is_empty() {
             Ok(format!("{killed} processes killed; cgroups verified empty"))
