@@ -274,6 +274,15 @@ pub struct AgentConfig {
     /// namespace of its own (no interface but a down loopback).
     #[serde(default)]
     pub network: NetworkMode,
+    /// Messages per second the agent's socket accepts, sustained (default 20).
+    #[serde(default = "default_api_rate")]
+    pub api_rate: f64,
+    /// Messages the agent may send at once above `api_rate` (default 40).
+    #[serde(default = "default_api_burst")]
+    pub api_burst: u32,
+    /// `[agent.broker]`: the tools it may propose and its per-run limits.
+    #[serde(default)]
+    pub broker: crate::broker::AgentToolPolicy,
 }
 
 /// Which network an agent sees.
@@ -296,6 +305,14 @@ pub enum ExecMode {
 
 fn yes() -> bool {
     true
+}
+
+fn default_api_rate() -> f64 {
+    20.0
+}
+
+fn default_api_burst() -> u32 {
+    40
 }
 
 fn default_user() -> toml::Spanned<String> {
@@ -414,6 +431,12 @@ pub struct Config {
     /// 0400, owned by the agent); keep it on a tmpfs such as /run.
     #[serde(default = "default_credentials_dir")]
     pub credentials_dir: PathBuf,
+    /// The tool registry (`docs/broker.md`). Read at start and on `warden
+    /// reload`; without it every proposal is refused.
+    pub tools: Option<PathBuf>,
+    /// How long a tool call waits for an operator's approval before its
+    /// request expires (default 15m).
+    pub approval_timeout: Option<Dur>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
@@ -535,6 +558,15 @@ impl Config {
             .is_some_and(|d| d.0 < Duration::from_secs(1))
         {
             return Err(top("oversight_timeout", "must be at least 1s".into()));
+        }
+        if self.tools.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(top("tools", "must be an absolute path".into()));
+        }
+        if self
+            .approval_timeout
+            .is_some_and(|d| d.0 < Duration::from_secs(1))
+        {
+            return Err(top("approval_timeout", "must be at least 1s".into()));
         }
         if self.checkpoint_every == Some(0) {
             return Err(top("checkpoint_every", "must be at least 1".into()));
@@ -660,6 +692,37 @@ impl Config {
                     ));
                 }
             }
+            if !(a.api_rate.is_finite() && a.api_rate > 0.0 && a.api_rate <= 100_000.0)
+                || a.api_burst == 0
+            {
+                return Err(invalid(
+                    a.name.span(),
+                    format!(
+                        "agent {name}: api_rate must be in (0, 100000] messages/s and api_burst at least 1"
+                    ),
+                ));
+            }
+            let b = &a.broker;
+            if !b.tools.is_empty() && self.tools.is_none() {
+                return Err(invalid(
+                    a.name.span(),
+                    format!(
+                        "agent {name}: [agent.broker] lists tools but no tool registry is configured (set `tools`)"
+                    ),
+                ));
+            }
+            if b.max_steps == Some(0) || b.max_tool_calls == Some(0) {
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: broker max_steps and max_tool_calls must be at least 1"),
+                ));
+            }
+            if b.max_runtime.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: broker max_runtime must be longer than 0s"),
+                ));
+            }
             if a.env.values().any(|v| v.contains('\0')) {
                 return Err(invalid(
                     a.name.span(),
@@ -668,6 +731,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How long an approval request stays pending.
+    pub fn approval_ttl(&self) -> Duration {
+        self.approval_timeout
+            .map(|d| d.0)
+            .unwrap_or(crate::broker::DEFAULT_PENDING_TTL)
     }
 
     /// The agent named `name`.

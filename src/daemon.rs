@@ -36,6 +36,7 @@ use crate::stopfile::StopFile;
 use crate::supervisor::{self, Action, Event, ExitStatus, State};
 use crate::watchdog::{Hardware, Health, Pinger};
 
+mod broker;
 mod twophase;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ pub enum DaemonError {
     StopFile(#[from] crate::stopfile::StopFileError),
     #[error(transparent)]
     Watchdog(#[from] crate::watchdog::WatchdogError),
+    #[error("tool broker: {0}")]
+    Broker(String),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -120,6 +123,8 @@ struct Slot {
     uid: u32,
     /// Frozen by a two-phase kill and held for inspection.
     frozen: bool,
+    /// What its socket has seen (connections, rate-limited, bad lines...).
+    api_counters: std::sync::Arc<crate::agentapi::server::Counters>,
 }
 
 pub struct Daemon {
@@ -159,6 +164,8 @@ pub struct Daemon {
     twophase: crate::killswitch::twophase::TwoPhase,
     /// Agents' credentials (digests only); revoked at kill level 1.
     creds: crate::killswitch::credentials::CredentialStore,
+    /// Tool registry, approvals, runs and the tools running now.
+    broker: broker::Broker,
 }
 
 fn required_caps() -> Result<(), DaemonError> {
@@ -327,6 +334,7 @@ impl Daemon {
                     heartbeat: None,
                     uid: 0,
                     frozen: false,
+                    api_counters: Default::default(),
                 },
             );
         }
@@ -372,7 +380,9 @@ impl Daemon {
         let ks_creds = ks_dir.join("credentials.json");
         let creds = crate::killswitch::credentials::CredentialStore::open(&ks_creds)
             .map_err(|e| store_err(ks_creds.clone())(e.to_string()))?;
+        let broker = broker::Broker::open(&cfg, &key)?;
         let mut d = Daemon {
+            broker,
             twophase,
             creds,
             agent_tx: None,
@@ -574,6 +584,8 @@ impl Daemon {
         tokio::spawn(server::serve(listener, tx));
         let (agent_tx, mut agent_cmds) = mpsc::channel::<AgentCommand>(256);
         self.agent_tx = Some(agent_tx);
+        let (tool_tx, mut tools_done) = mpsc::unbounded_channel::<broker::ToolDone>();
+        self.broker.set_done_channel(tool_tx);
         let stop_fd: OwnedFd = match self.stop.inotify_fd().try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {
@@ -641,6 +653,7 @@ impl Daemon {
             Hup,
             Cmd(Option<Command>),
             Agent(Option<AgentCommand>),
+            ToolDone(Option<broker::ToolDone>),
             Timer,
         }
         loop {
@@ -671,6 +684,7 @@ impl Daemon {
                 _ = sighup.recv() => Wake::Hup,
                 c = cmds.recv() => Wake::Cmd(c),
                 c = agent_cmds.recv() => Wake::Agent(c),
+                d = tools_done.recv() => Wake::ToolDone(d),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -703,12 +717,18 @@ impl Daemon {
                 }
                 Wake::Child => self.reap(now),
                 Wake::Hup => {
-                    tracing::info!("SIGHUP ignored: restart the daemon to load a new configuration")
+                    // SIGHUP reloads the tool registry, as `warden reload` does.
+                    let r = self.reload(None);
+                    if !r.ok {
+                        tracing::error!("SIGHUP: {}", r.error.unwrap_or_default());
+                    }
                 }
                 Wake::Cmd(Some(c)) => self.command(c, now),
                 Wake::Cmd(None) => {}
                 Wake::Agent(Some(c)) => self.agent_command(c, now),
                 Wake::Agent(None) => {}
+                Wake::ToolDone(Some(d)) => self.tool_done(d),
+                Wake::ToolDone(None) => {}
                 Wake::Timer => {}
             }
             // Timers, monitors and watchdog pings run on every turn that they
@@ -724,6 +744,9 @@ impl Daemon {
         let mut next = (now + Duration::from_secs(1))
             .min(self.next_monitor)
             .min(self.pinger.next());
+        if let Some(w) = self.broker.next_deadline() {
+            next = next.min(w);
+        }
         for s in self.slots.values() {
             if let Some(w) = s.wake {
                 next = next.min(w);
@@ -1029,10 +1052,17 @@ impl Daemon {
                 if let (Some(l), Some(tx)) = (s.api_listener.take(), self.agent_tx.clone()) {
                     match tokio::net::UnixListener::from_std(l) {
                         Ok(l) => {
-                            s.api_task = Some(tokio::spawn(crate::agentapi::server::serve(
+                            let limits = crate::agentapi::server::Limits {
+                                rate_per_sec: s.cfg.api_rate,
+                                burst: s.cfg.api_burst,
+                                ..Default::default()
+                            };
+                            s.api_task = Some(tokio::spawn(crate::agentapi::server::serve_with(
                                 l,
                                 name.to_string(),
                                 s.uid,
+                                limits,
+                                s.api_counters.clone(),
                                 tx,
                             )))
                         }
@@ -1190,6 +1220,7 @@ impl Daemon {
 
     /// The agent is down: stop serving its socket, forget its heartbeat.
     fn agent_down(&mut self, name: &str) {
+        self.broker_agent_down(name);
         if let Some(s) = self.slots.get_mut(name) {
             if let Some(t) = s.api_task.take() {
                 t.abort();
@@ -1253,6 +1284,7 @@ impl Daemon {
                 self.dispatch(&name, Event::Exited { status });
             }
         }
+        self.broker.reap_stragglers();
         if let Some(g) = self.guard.as_mut() {
             if !g.alive() {
                 tracing::error!("guard process died");
@@ -1320,6 +1352,9 @@ impl Daemon {
             if let Err(e) = self.twophase.expire(crate::evidence::now_ms()) {
                 tracing::error!("cannot persist expired kill authorizations: {e}");
             }
+            self.broker_tick(now, true);
+        } else {
+            self.broker_tick(now, false);
         }
         if now >= self.pinger.next() {
             let health = self.health();
@@ -1504,7 +1539,30 @@ impl Daemon {
                 }
                 return;
             }
-            other => AgentResponse::not_implemented(other),
+            AgentRequest::Whoami => AgentResponse::err(
+                ErrorCode::BadRequest,
+                "whoami is answered by the agent socket itself",
+            ),
+            AgentRequest::Propose { tool, args, token } => {
+                let p = crate::broker::Proposal {
+                    tool: tool.clone(),
+                    args: args.clone(),
+                    token: token.clone(),
+                };
+                self.propose(&name, p, c.peer_pid, c.reply, now);
+                return;
+            }
+            AgentRequest::RunStart { goal } => self.run_start(&name, goal),
+            AgentRequest::RunEnd { run_id, reason } => {
+                self.run_end(&name, run_id, reason.as_deref())
+            }
+            AgentRequest::ApprovalWait {
+                request_id,
+                timeout_ms,
+            } => {
+                self.approval_wait(&name, request_id, *timeout_ms, c.reply, now);
+                return;
+            }
         };
         let _ = c.reply.send(resp);
     }
@@ -1644,6 +1702,12 @@ impl Daemon {
                 let c = self.oversight.checkin(uid, crate::evidence::now_ms());
                 Response::ok(json!({"checked_in": c, "next_due_ms": self.oversight.due_ms()}))
             }
+            Request::Approvals => self.approvals_list(),
+            Request::Approve { id, ttl } => self.approve(&id, ttl, uid),
+            Request::Reject { id, reason } => self.reject(&id, &reason, uid),
+            Request::Runs { agent, reason } => self.runs_list(agent, reason),
+            Request::RunShow { id } => self.run_show(&id),
+            Request::Reload => self.reload(Some(uid)),
             Request::Halt { reason } => {
                 if reason.trim().is_empty() {
                     return Response::err(ErrorKind::BadRequest, "halt needs a reason");
@@ -1830,6 +1894,7 @@ impl Daemon {
             "monitors": s.watch.readings,
             "heartbeat_deadline_ms": s.heartbeat.as_ref().map(|h| h.deadline_ms()),
             "socket": crate::agentapi::server::socket_path(&self.cfg.agent_socket_dir, name),
+            "api": s.api_counters.snapshot(),
         })
     }
 
@@ -1866,6 +1931,7 @@ impl Daemon {
             "agents": self.agents_json(),
             "host_monitors": self.host_readings,
             "oversight": {"last_checkin": self.oversight.last(), "due_ms": self.oversight.due_ms()},
+            "broker": self.broker.status_json(),
             "health": self.pinger.last,
             "watchdog": {
                 "enabled": self.pinger.enabled(),

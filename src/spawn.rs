@@ -45,6 +45,8 @@ pub enum SpawnError {
     },
     #[error("agent {agent}: {what} contains a NUL byte")]
     Nul { agent: String, what: &'static str },
+    #[error("agent {agent}: empty command")]
+    EmptyCommand { agent: String },
 }
 
 /// Who an agent runs as.
@@ -156,6 +158,48 @@ pub fn start(
     cgroup: &dyn Cgroup,
     extra_env: &[(String, String)],
 ) -> Result<Started, SpawnError> {
+    let confine = match a.exec {
+        crate::config::ExecMode::Free => None,
+        crate::config::ExecMode::Brokered => {
+            let err = |source| SpawnError::Confine {
+                agent: a.name().to_string(),
+                source,
+            };
+            let mut write: Vec<std::path::PathBuf> = a.write_paths.clone();
+            write.extend(a.cwd.iter().cloned());
+            let mut spec = crate::confine::ConfineSpec::for_program(
+                Path::new(&a.command.get_ref()[0]),
+                &write,
+            )
+            .map_err(err)?;
+            spec.read.extend(a.read_paths.iter().cloned());
+            Some(crate::confine::prepare(&spec).map_err(err)?)
+        }
+    };
+    launch(a, cgroup, a.command.get_ref(), extra_env, confine)
+}
+
+/// Starts a tool the broker allowed, for agent `a`: as the agent's user, in
+/// the agent's cgroup (so its limits and the halt ladder cover the tool),
+/// with the agent's working directory, environment and network, but not its
+/// brokered-mode confinement: running what the agent may not run itself is
+/// the broker's whole point. `argv[0]` is the tool's absolute program.
+pub fn start_tool(
+    a: &AgentConfig,
+    cgroup: &dyn Cgroup,
+    argv: &[String],
+    extra_env: &[(String, String)],
+) -> Result<Started, SpawnError> {
+    launch(a, cgroup, argv, extra_env, None)
+}
+
+fn launch(
+    a: &AgentConfig,
+    cgroup: &dyn Cgroup,
+    command: &[String],
+    extra_env: &[(String, String)],
+    confine: Option<crate::confine::Prepared>,
+) -> Result<Started, SpawnError> {
     let name = a.name().to_string();
     let io = |what: &'static str| {
         let agent = name.clone();
@@ -166,12 +210,13 @@ pub fn start(
         }
     };
     let id = resolve_identity(a)?;
-    let argv = a
-        .command
-        .get_ref()
+    let argv = command
         .iter()
         .map(|s| cstring(&name, "command", s.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
+    if argv.is_empty() {
+        return Err(SpawnError::EmptyCommand { agent: name });
+    }
     // warden's own variables (the agent socket) win over the config's.
     let mut env: std::collections::BTreeMap<String, String> =
         environment(a, &id).into_iter().collect();
@@ -199,24 +244,6 @@ pub fn start(
     if let Some(n) = a.rlimits.fsize {
         rlimits.push((libc::RLIMIT_FSIZE, n.0, n.0));
     }
-    let confine = match a.exec {
-        crate::config::ExecMode::Free => None,
-        crate::config::ExecMode::Brokered => {
-            let err = |source| SpawnError::Confine {
-                agent: name.clone(),
-                source,
-            };
-            let mut write: Vec<std::path::PathBuf> = a.write_paths.clone();
-            write.extend(a.cwd.iter().cloned());
-            let mut spec = crate::confine::ConfineSpec::for_program(
-                Path::new(&a.command.get_ref()[0]),
-                &write,
-            )
-            .map_err(err)?;
-            spec.read.extend(a.read_paths.iter().cloned());
-            Some(crate::confine::prepare(&spec).map_err(err)?)
-        }
-    };
     let plan = ExecPlan {
         confine,
         new_netns: a.network == crate::config::NetworkMode::None,

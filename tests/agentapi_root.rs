@@ -85,7 +85,11 @@ impl Harness {
                             .unwrap()
                             .push((c.agent.clone(), c.request.name().to_string()));
                         let r = if c.request.is_broker() {
-                            AgentResponse::not_implemented(&c.request)
+                            AgentResponse::err_with(
+                                warden::agentapi::ErrorCode::Denied,
+                                "no tools in this test",
+                                json!({"decision": "unknown_tool"}),
+                            )
                         } else {
                             AgentResponse::ok(json!({ "agent": c.agent }))
                         };
@@ -393,7 +397,7 @@ fn the_cli_talks_to_its_socket() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = warden_agent(B.1, &sock, &["propose", "shell", "--arg", "cmd=ls"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not_implemented"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied: no tools in this test"));
     // Root may ask whoami for diagnostics, and nothing else.
     let out = warden_agent(0, &sock, &["whoami", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -5,10 +5,9 @@
 //! on and by the peer's uid (SO_PEERCRED), never by anything in the message.
 //! One request per line, one response per line; see `docs/agent-api.md`.
 //!
-//! `heartbeat`, `task` and `whoami` are served today. `propose`, `run.start`,
-//! `run.end` and `approval.wait` belong to the tool broker: they parse into
-//! [`AgentRequest`] with their fields so the broker can be wired in without a
-//! protocol change; until then the daemon answers them `not_implemented`.
+//! `heartbeat`, `task` and `whoami` are the agent API; `propose`,
+//! `run.start`, `run.end` and `approval.wait` go to the tool broker
+//! (`src/broker/`, wired in by the daemon).
 
 pub mod client;
 pub mod server;
@@ -50,6 +49,10 @@ pub enum AgentRequest {
         /// The tool's arguments, by name.
         #[serde(default)]
         args: BTreeMap<String, serde_json::Value>,
+        /// An approval token (`approval.wait` hands it out), for `write` and
+        /// `execute` tools.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Broker: begin a run towards a goal.
     #[serde(rename = "run.start")]
@@ -96,7 +99,7 @@ impl AgentRequest {
         match self {
             AgentRequest::Heartbeat | AgentRequest::Whoami => &[],
             AgentRequest::Task { .. } => &["description"],
-            AgentRequest::Propose { .. } => &["tool", "args"],
+            AgentRequest::Propose { .. } => &["tool", "args", "token"],
             AgentRequest::RunStart { .. } => &["goal"],
             AgentRequest::RunEnd { .. } => &["run_id", "reason"],
             AgentRequest::ApprovalWait { .. } => &["request_id", "timeout_ms"],
@@ -133,10 +136,14 @@ pub enum ErrorCode {
     TooManyConnections,
     /// The peer is not this socket's agent (SO_PEERCRED); closed.
     PeerRefused,
-    /// The daemon will not do this (for example: SAFE MODE, policy).
+    /// The daemon will not do this (for example: SAFE MODE, no tool registry).
     Refused,
-    /// The message is reserved for a component not wired in yet.
-    NotImplemented,
+    /// The broker's policy refused the proposal; `data.decision` is the
+    /// reason's code (`unknown_tool`, `not_allowed`, `bad_arguments`, ...).
+    Denied,
+    /// The proposal waits for an operator: `data.request_id` names the
+    /// request to `approval.wait` on.
+    PendingApproval,
     /// The daemon failed, or is shutting down.
     Failed,
 }
@@ -171,6 +178,18 @@ impl AgentResponse {
         }
     }
 
+    /// A refusal that also carries data (the broker's decision, a request id).
+    pub fn err_with(
+        code: ErrorCode,
+        msg: impl Into<String>,
+        data: serde_json::Value,
+    ) -> AgentResponse {
+        AgentResponse {
+            data: Some(data),
+            ..AgentResponse::err(code, msg)
+        }
+    }
+
     pub fn err(code: ErrorCode, msg: impl Into<String>) -> AgentResponse {
         AgentResponse {
             ok: false,
@@ -179,17 +198,6 @@ impl AgentResponse {
             error: Some(msg.into()),
             code: Some(code),
         }
-    }
-
-    /// The answer to a broker message while no broker is wired in.
-    pub fn not_implemented(req: &AgentRequest) -> AgentResponse {
-        AgentResponse::err(
-            ErrorCode::NotImplemented,
-            format!(
-                "`{}` needs the tool broker, which is not enabled",
-                req.name()
-            ),
-        )
     }
 }
 
@@ -302,6 +310,12 @@ mod tests {
                 ]
                 .into_iter()
                 .collect(),
+                token: None,
+            },
+            AgentRequest::Propose {
+                tool: "deploy".into(),
+                args: BTreeMap::new(),
+                token: Some("wt1.00.00".into()),
             },
             AgentRequest::RunStart { goal: "g".into() },
             AgentRequest::RunEnd {
@@ -396,7 +410,11 @@ mod tests {
         for r in [
             AgentResponse::ok(json!({"agent":"a"})),
             AgentResponse::err(ErrorCode::RateLimited, "slow down"),
-            AgentResponse::not_implemented(&AgentRequest::RunStart { goal: "g".into() }),
+            AgentResponse::err_with(
+                ErrorCode::Denied,
+                "tool x is not registered",
+                json!({"decision": "unknown_tool"}),
+            ),
         ] {
             let line = encode_response(&r);
             assert_eq!(decode_response(&line).unwrap(), r);

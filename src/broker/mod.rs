@@ -26,6 +26,8 @@ pub mod registry;
 pub mod run;
 pub mod schema;
 
+use std::path::Path;
+
 pub use approval::{
     args_sha256, ApprovalError, ApprovalStore, PendingView, Request, RequestState, Token,
     TokenClaims, DEFAULT_PENDING_TTL,
@@ -37,6 +39,52 @@ pub use run::{
     StopReason,
 };
 pub use schema::{render_argv, validate_args, SchemaError, ValidArgs};
+
+/// Refuses a registry file that someone other than root could have written.
+fn check_registry_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if m.uid() != 0 && m.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "{} is owned by uid {}; the tool registry must belong to root",
+            path.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others (mode {:o}); make it 0644 or stricter",
+            path.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the registry and checks every agent's `[agent.broker] tools`
+/// against it. Answers the registry and its file's SHA-256.
+pub fn load_registry(
+    cfg: &crate::config::Config,
+    path: &Path,
+) -> Result<(Registry, String), String> {
+    check_registry_file(path)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        String::from_utf8(bytes.clone()).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let reg = Registry::parse(&text, path).map_err(|e| e.to_string())?;
+    for a in &cfg.agents {
+        let unknown = a.broker.unknown_tools(&reg);
+        if !unknown.is_empty() {
+            return Err(format!(
+                "agent {}: [agent.broker] tools not in {}: {}",
+                a.name(),
+                path.display(),
+                unknown.join(", ")
+            ));
+        }
+    }
+    Ok((reg, crate::crypto::sha256_hex(&bytes)))
+}
 
 /// Milliseconds since the Unix epoch, the broker's clock.
 pub fn now_ms() -> u64 {

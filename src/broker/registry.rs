@@ -29,6 +29,9 @@ use toml::Spanned;
 
 use crate::config::{Bytes, Dur};
 
+/// The most output (each of stdout and stderr) a tool may return.
+pub const MAX_OUTPUT_CAP: u64 = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot read tool registry {path}: {source}")]
@@ -329,6 +332,14 @@ fn build_tool(rt: RawTool, text: &str, path: &Path) -> Result<(Tool, usize), Reg
         ));
     }
     let output_cap = rt.output_cap.get_ref().0;
+    if output_cap > MAX_OUTPUT_CAP {
+        return Err(at(
+            rt.output_cap.span(),
+            format!(
+                "output_cap {output_cap} is over the most a tool may return ({MAX_OUTPUT_CAP} bytes, 4M): the output travels back in one message"
+            ),
+        ));
+    }
     let mut template = Vec::new();
     let mut used = HashSet::new();
     for el in rt.args.get_ref() {

@@ -319,6 +319,15 @@ impl RunStore {
 
     /// Runs, oldest first, of `agent` (all if `None`) that ended with
     /// `reason` (any state if `None`).
+    /// Drops ended runs (the daemon keeps memory bounded); open runs stay.
+    pub fn forget(&mut self, ids: &[String]) {
+        for id in ids {
+            if self.runs.get(id).is_some_and(|r| !r.is_open()) {
+                self.runs.remove(id);
+            }
+        }
+    }
+
     pub fn list(&self, agent: Option<&str>, reason: Option<StopReason>) -> Vec<RunSummary> {
         let mut v: Vec<RunSummary> = self
             .runs

@@ -20,6 +20,15 @@ pub fn run(a: Args) -> i32 {
                     return super::exit::CONFIG;
                 }
             }
+            if let Some(t) = &c.tools {
+                match crate::broker::load_registry(&c, t) {
+                    Ok((r, _)) => println!("{}: ok, {} tool(s)", t.display(), r.len()),
+                    Err(e) => {
+                        eprintln!("warden: {e}");
+                        return super::exit::CONFIG;
+                    }
+                }
+            }
             0
         }
         Err(e) => {

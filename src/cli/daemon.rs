@@ -54,6 +54,8 @@ pub fn start(cfg: Config, opts: Options) -> i32 {
             match e {
                 DaemonError::AlreadyRunning { .. } => super::exit::ALREADY_RUNNING,
                 DaemonError::NotPrivileged(_) => super::exit::PERMISSION,
+                // The tool registry is configuration too.
+                DaemonError::Broker(_) => super::exit::CONFIG,
                 _ => super::exit::FAILED,
             }
         }

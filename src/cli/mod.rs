@@ -12,6 +12,7 @@ mod agent;
 mod agents;
 pub mod audit;
 mod authorize;
+mod broker;
 pub mod casepack;
 mod check_config;
 mod cred;
@@ -91,6 +92,19 @@ pub enum Verb {
     /// Agents' credentials: issue (secret shown once), list, revoke, verify.
     #[command(subcommand)]
     Cred(cred::CredCommand),
+    /// Tool calls waiting for an operator's approval.
+    Approvals(broker::ListArgs),
+    /// Approve a pending tool call (a signed, single-use token for the agent).
+    Approve(broker::ApproveArgs),
+    /// Refuse a pending tool call, with a reason.
+    Reject(broker::RejectArgs),
+    /// The tool broker's runs.
+    Runs(broker::RunsArgs),
+    /// One broker run with every call.
+    #[command(subcommand)]
+    Run(broker::RunCommand),
+    /// Read the tool registry again (also on SIGHUP).
+    Reload(broker::ListArgs),
     /// Tell warden a human is watching (resets the oversight timeout).
     Checkin(lifecycle::CheckinArgs),
     /// Hard halt: freeze, capture evidence, kill every agent; SAFE MODE.
@@ -154,6 +168,12 @@ pub fn main() -> i32 {
         Verb::Execute(a) => twophase::execute(&socket, a),
         Verb::Disarm(a) => twophase::disarm(&socket, a),
         Verb::Authorizations(a) => twophase::list(&socket, a),
+        Verb::Approvals(a) => broker::approvals(&socket, a),
+        Verb::Approve(a) => broker::approve(&socket, a),
+        Verb::Reject(a) => broker::reject(&socket, a),
+        Verb::Runs(a) => broker::runs(&socket, a),
+        Verb::Run(c) => broker::run(&socket, c),
+        Verb::Reload(a) => broker::reload(&socket, a),
         Verb::Halt(a) => halt::run(&socket, a),
         Verb::Resume(a) => resume::run(&socket, a),
         Verb::Audit(c) => audit::run(c),

@@ -78,6 +78,31 @@ pub enum Request {
         id: Option<String>,
         agent: Option<String>,
     },
+    /// Tool calls waiting for an operator's approval.
+    Approvals,
+    /// Approve a pending tool call; answers its single-use token.
+    Approve {
+        id: String,
+        /// How long the token stays valid, e.g. "10m" (default).
+        ttl: Option<String>,
+    },
+    /// Refuse a pending tool call.
+    Reject {
+        id: String,
+        reason: String,
+    },
+    /// Broker runs, newest last.
+    Runs {
+        agent: Option<String>,
+        /// Only runs that ended with this stop reason.
+        reason: Option<String>,
+    },
+    /// One run with every call.
+    RunShow {
+        id: String,
+    },
+    /// Read the tool registry again.
+    Reload,
     Resume {
         reason: String,
         /// A signed authorization (see `warden authorize-resume`), when the
@@ -100,6 +125,9 @@ impl Request {
                 | Request::Authorizations
                 | Request::CredList
                 | Request::CredVerify { .. }
+                | Request::Approvals
+                | Request::Runs { .. }
+                | Request::RunShow { .. }
         )
     }
 
@@ -123,6 +151,12 @@ impl Request {
             Request::CredVerify { .. } => "cred-verify",
             Request::CredList => "cred-list",
             Request::CredRevoke { .. } => "cred-revoke",
+            Request::Approvals => "approvals",
+            Request::Approve { .. } => "approve",
+            Request::Reject { .. } => "reject",
+            Request::Runs { .. } => "runs",
+            Request::RunShow { .. } => "run-show",
+            Request::Reload => "reload",
         }
     }
 }

@@ -49,3 +49,18 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// `pidfd_open(pid, 0)`: a descriptor that becomes readable when our child
+/// `pid` exits, so a task can await one process without reaping others.
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or
+    // -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor that nothing
+    // else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
