@@ -947,6 +947,9 @@ impl Daemon {
             let _ = self.cg.agent(&n).remove();
         }
         let _ = self.cg.teardown();
+        for n in self.slots.keys() {
+            twophase::release_cred_dir(&self.cfg.credentials_dir.join(n));
+        }
         let _ = std::fs::remove_file(&self.cfg.socket);
         let _ = self
             .audit

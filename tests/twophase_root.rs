@@ -201,6 +201,10 @@ fn credentials_verify_until_revoked_and_never_leak() {
     // Its directory admits only that user (agent b runs as uid 65533).
     let dm = std::fs::metadata(env.path("credentials/a")).unwrap();
     assert_eq!((dm.mode() & 0o777, dm.uid()), (0o500, 65534));
+    // ... and is a tmpfs of its own: the secret is in memory only.
+    let fs = nix::sys::statfs::statfs(&env.path("credentials/a")).unwrap();
+    assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    assert!(common::mounts_under(env.dir.path()).contains(&env.path("credentials/a")));
     let digest = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(secret.as_bytes()))
@@ -251,6 +255,8 @@ fn credentials_verify_until_revoked_and_never_leak() {
     env.signal(Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();
+    // A clean exit unmounts the agents' credential filesystems.
+    assert!(common::mounts_under(env.dir.path()).is_empty());
 }
 
 #[test]

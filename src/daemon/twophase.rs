@@ -289,8 +289,56 @@ pub(super) fn prepare_cred_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Resul
     if !dir.is_dir() {
         std::fs::create_dir(dir)?;
     }
+    // Secrets live in memory only: a small tmpfs of the agent's own, so they
+    // never reach a disk whatever filesystem credentials_dir is on.
+    if !is_mountpoint(dir)? {
+        use nix::mount::{mount, MsFlags};
+        let data = format!("size=1m,nr_inodes=1024,mode=0500,uid={uid},gid={gid}");
+        if let Err(e) = mount(
+            Some("warden-credentials"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(data.as_str()),
+        ) {
+            // Where mounting is not allowed (some containers), a directory on
+            // a tmpfs already is still memory only; anything else is refused.
+            let on_tmpfs = nix::sys::statfs::statfs(dir)
+                .map(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+                .unwrap_or(false);
+            if !on_tmpfs {
+                return Err(std::io::Error::other(format!(
+                    "cannot mount a tmpfs for the agent's credentials ({e}), and {} is not on a tmpfs",
+                    dir.display()
+                )));
+            }
+            tracing::warn!(
+                "cannot mount a tmpfs on {} ({e}); using the tmpfs it is on",
+                dir.display()
+            );
+        }
+    }
     std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
+}
+
+/// Whether `dir` is the root of a mount (another device than its parent).
+pub(super) fn is_mountpoint(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    Ok(std::fs::metadata(dir)?.dev() != std::fs::metadata(parent)?.dev())
+}
+
+/// Unmounts an agent's credentials tmpfs (its secrets are gone with it) and
+/// removes the directory.
+pub(super) fn release_cred_dir(dir: &Path) {
+    if is_mountpoint(dir).unwrap_or(false) {
+        if let Err(e) = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!("cannot unmount {}: {e}", dir.display());
+            return;
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl Daemon {

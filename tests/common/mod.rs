@@ -325,6 +325,25 @@ pub fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Mount points under `dir` (from /proc/self/mountinfo), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Kills everything in `dir` (a cgroup directory) and removes it, depth first.
 fn scrub(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -363,6 +382,9 @@ impl Drop for Env {
         for d in cgroup_dirs(&self.root) {
             scrub(&d);
         }
+        // A daemon that did not end cleanly leaves its agents' credential
+        // tmpfs mounts behind: detach every mount under the test's directory.
+        unmount_under(self.dir.path());
         // safety_events.jsonl is append-only (FS_APPEND_FL): clear it, or
         // the temporary directory cannot be removed.
         let _ = warden::sys::fsattr::clear_append_only_tree(self.dir.path());
