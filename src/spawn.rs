@@ -43,6 +43,8 @@ pub enum SpawnError {
         agent: String,
         source: crate::confine::ConfineError,
     },
+    #[error("agent {agent}: network = \"isolated\" needs the namespace the daemon sets up")]
+    NoNetwork { agent: String },
     #[error("agent {agent}: {what} contains a NUL byte")]
     Nul { agent: String, what: &'static str },
 }
@@ -150,11 +152,31 @@ pub struct Started {
 }
 
 /// Starts the agent inside `cgroup`. The child joins the cgroup before it runs
-/// any of the agent's code.
+/// any of the agent's code. With `network = "none"` it makes its own empty
+/// network namespace; `isolated` needs the daemon's namespace ([`start_in`]).
 pub fn start(
     a: &AgentConfig,
     cgroup: &dyn Cgroup,
     extra_env: &[(String, String)],
+) -> Result<Started, SpawnError> {
+    let netns = match a.network {
+        crate::config::NetworkMode::Host => exec::NetNs::Host,
+        crate::config::NetworkMode::None => exec::NetNs::New,
+        crate::config::NetworkMode::Isolated => {
+            return Err(SpawnError::NoNetwork {
+                agent: a.name().to_string(),
+            })
+        }
+    };
+    start_in(a, cgroup, extra_env, netns)
+}
+
+/// [`start`] in the network namespace `netns`.
+pub fn start_in(
+    a: &AgentConfig,
+    cgroup: &dyn Cgroup,
+    extra_env: &[(String, String)],
+    netns: exec::NetNs,
 ) -> Result<Started, SpawnError> {
     let name = a.name().to_string();
     let io = |what: &'static str| {
@@ -219,7 +241,7 @@ pub fn start(
     };
     let plan = ExecPlan {
         confine,
-        new_netns: a.network == crate::config::NetworkMode::None,
+        netns,
         path: argv[0].clone(),
         argv,
         envp,
