@@ -271,7 +271,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub write_paths: Vec<PathBuf>,
     /// `host` (default): the host's network; `none`: an empty network
-    /// namespace of its own (no interface but a down loopback).
+    /// namespace of its own (no interface but a down loopback); `isolated`:
+    /// a namespace of its own joined to the host by a veth link (see
+    /// [`crate::netns`]).
     #[serde(default)]
     pub network: NetworkMode,
     /// Messages per second the agent's socket accepts, sustained (default 20).
@@ -292,6 +294,7 @@ pub enum NetworkMode {
     #[default]
     Host,
     None,
+    Isolated,
 }
 
 /// How freely an agent may run programs.
@@ -437,6 +440,10 @@ pub struct Config {
     /// How long a tool call waits for an operator's approval before its
     /// request expires (default 15m).
     pub approval_timeout: Option<Dur>,
+    /// Where `network = "isolated"` agents get their addresses: the agent of
+    /// the Nth `[[agent]]` table gets the Nth /30 of it.
+    #[serde(default)]
+    pub isolated_subnet: crate::netns::Subnet,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
@@ -730,6 +737,24 @@ impl Config {
                 ));
             }
         }
+        let links = self.isolated_subnet.links();
+        if let Some((i, a)) = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.network == NetworkMode::Isolated)
+            .find(|(i, _)| *i as u64 >= links)
+        {
+            return Err(top(
+                "isolated_subnet",
+                format!(
+                    "{} holds {links} /30 link(s), one per [[agent]] table in order, but isolated agent {} is table number {}; use a shorter prefix",
+                    self.isolated_subnet,
+                    a.name(),
+                    i + 1
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -957,6 +982,38 @@ restart    = "on-failure"
         assert!(e.contains("interval"), "{e}");
         let e = err("crash_loop_action = \"explode\"\n");
         assert!(e.contains("explode"), "{e}");
+    }
+
+    #[test]
+    fn network_modes_and_isolated_subnet() {
+        let agent = |n: &str, net: &str| {
+            format!("[[agent]]\nname = \"{n}\"\ncommand = [\"/bin/true\"]\nnetwork = \"{net}\"\n")
+        };
+        let c = parse(&agent("a", "isolated")).unwrap();
+        assert_eq!(c.agents[0].network, NetworkMode::Isolated);
+        assert_eq!(c.isolated_subnet.to_string(), "10.213.0.0/16");
+        let e = err("grace = \"1s\"\nisolated_subnet = \"10.1.0.0/33\"\n");
+        assert!(e.contains("line 2") && e.contains("isolated_subnet"), "{e}");
+        let e = err("isolated_subnet = \"10.1.0.1/24\"\n");
+        assert!(e.contains("line 1") && e.contains("host bits"), "{e}");
+        let e = err("isolated_subnet = \"nonsense\"\n");
+        assert!(e.contains("line 1") && e.contains("IPv4 block"), "{e}");
+        let e = err(&agent("a", "bridged"));
+        assert!(e.contains("line 4") && e.contains("bridged"), "{e}");
+        // A /30 holds one link: the first table fits, the second does not.
+        let two = format!("{}{}", agent("a", "isolated"), agent("b", "isolated"));
+        let e = err(&format!("\nisolated_subnet = \"10.1.0.0/30\"\n{two}"));
+        assert!(
+            e.contains("line 2") && e.contains("isolated_subnet") && e.contains("agent b"),
+            "{e}"
+        );
+        parse(&format!(
+            "isolated_subnet = \"10.1.0.0/30\"\n{}{}",
+            agent("a", "isolated"),
+            agent("b", "none")
+        ))
+        .unwrap();
+        parse(&format!("isolated_subnet = \"10.1.0.0/29\"\n{two}")).unwrap();
     }
 
     #[test]

@@ -125,6 +125,9 @@ struct Slot {
     frozen: bool,
     /// What its socket has seen (connections, rate-limited, bad lines...).
     api_counters: std::sync::Arc<crate::agentapi::server::Counters>,
+    /// Its network namespace and link (`none`, `isolated`) while it runs;
+    /// dropping it removes the link.
+    net: Option<crate::netns::AgentNet>,
 }
 
 pub struct Daemon {
@@ -335,6 +338,7 @@ impl Daemon {
                     uid: 0,
                     frozen: false,
                     api_counters: Default::default(),
+                    net: None,
                 },
             );
         }
@@ -413,6 +417,13 @@ impl Daemon {
         let leftovers = d.cg.existing_agents()?;
         if !leftovers.is_empty() {
             d.kill_leftovers(&leftovers);
+        }
+        match crate::netns::remove_leftovers(&d.cfg) {
+            Ok(links) if !links.is_empty() => {
+                tracing::warn!("removed agent links of an earlier run: {links:?}")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot remove agent links of an earlier run: {e}"),
         }
         if let Some(l) = safemode::get(&d.cfg.latch_path()) {
             d.mode = Mode::Safe(l);
@@ -942,6 +953,7 @@ impl Daemon {
             if let Some(c) = s.cgroup.take() {
                 let _ = c.remove();
             }
+            s.net = None;
         }
         for n in self.cg.existing_agents().unwrap_or_default() {
             let _ = self.cg.agent(&n).remove();
@@ -1089,7 +1101,8 @@ impl Daemon {
                 tokio::spawn(s.log.clone().drain(err));
                 let data = json!({"pid": pid, "cgroup": s.cgroup.as_ref().map(|c| c.path().to_string()),
                                   "restarts": s.sm.restarts, "unenforced_limits": s.unenforced,
-                                  "command": s.cfg.command.get_ref(), "user": s.cfg.user.get_ref()});
+                                  "command": s.cfg.command.get_ref(), "user": s.cfg.user.get_ref(),
+                                  "network": crate::netns::status(&self.cfg, name, s.net.as_ref())});
                 let kind = if s.sm.restarts > 0 {
                     "agent_restart"
                 } else {
@@ -1134,6 +1147,11 @@ impl Daemon {
         if existing.populated().unwrap_or(false) {
             halt::clear(existing.as_ref(), self.cfg.empty_deadline.0).map_err(|e| e.to_string())?;
         }
+        // A fresh namespace per run (the last run's link goes first), made
+        // before the cgroup so that a failure leaves neither behind.
+        s.net = None;
+        let net = crate::netns::AgentNet::for_agent(&self.cfg, name)
+            .map_err(|e| format!("cannot set up its network: {e}"))?;
         let cg = self
             .cg
             .create_agent(name, &limits)
@@ -1161,9 +1179,20 @@ impl Daemon {
             .map_err(|e| format!("cannot prepare {}: {e}", cred_dir.display()))?;
         s.api_listener = Some(listener);
         s.uid = id.uid;
-        let started = crate::spawn::start(&s.cfg, cg.as_ref(), &extra);
+        let netns = match &net {
+            Some(n) => n
+                .join()
+                .map_err(|e| format!("cannot share its network namespace: {e}"))?,
+            None => crate::sys::exec::NetNs::Host,
+        };
+        let extra: Vec<_> = extra
+            .into_iter()
+            .chain(net.iter().flat_map(|n| n.env()))
+            .collect();
+        let started = crate::spawn::start_in(&s.cfg, cg.as_ref(), &extra, netns);
         s.cgroup = Some(cg);
         let st = started.map_err(|e| e.to_string())?;
+        s.net = net;
         Ok((st.pid, st.stdout, st.stderr))
     }
 
@@ -1231,6 +1260,7 @@ impl Daemon {
             s.api_listener = None;
             s.heartbeat = None;
             s.frozen = false;
+            s.net = None;
             let _ = crate::agentapi::server::unbind(&self.cfg.agent_socket_dir, name);
         }
     }
@@ -1898,6 +1928,7 @@ impl Daemon {
             "heartbeat_deadline_ms": s.heartbeat.as_ref().map(|h| h.deadline_ms()),
             "socket": crate::agentapi::server::socket_path(&self.cfg.agent_socket_dir, name),
             "api": s.api_counters.snapshot(),
+            "network": crate::netns::status(&self.cfg, name, s.net.as_ref()),
         })
     }
 

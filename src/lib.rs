@@ -9,6 +9,8 @@
 //! - [`spawn`]: what a child does between fork and exec (cgroup, session,
 //!   PDEATHSIG, no_new_privs, capabilities, user, rlimits, fds, environment);
 //!   the raw calls live in [`sys`], the only module with `unsafe`.
+//! - [`netns`]: each agent's network namespace and, for `isolated`, its veth
+//!   link to the host; [`netlink`] is the small rtnetlink client it uses.
 //! - [`supervisor`]: the explicit state machine of every agent: states,
 //!   events, and the one function that decides each transition.
 //! - [`halt`]: the ladder: freeze, capture evidence, kill, thaw, verify empty.
@@ -51,6 +53,8 @@ pub mod halt;
 pub mod killswitch;
 pub mod logs;
 pub mod monitor;
+pub mod netlink;
+pub mod netns;
 pub mod protect;
 pub mod safemode;
 pub mod spawn;

@@ -43,6 +43,8 @@ pub enum SpawnError {
         agent: String,
         source: crate::confine::ConfineError,
     },
+    #[error("agent {agent}: network = \"isolated\" needs the namespace the daemon sets up")]
+    NoNetwork { agent: String },
     #[error("agent {agent}: {what} contains a NUL byte")]
     Nul { agent: String, what: &'static str },
     #[error("agent {agent}: empty command")]
@@ -152,11 +154,31 @@ pub struct Started {
 }
 
 /// Starts the agent inside `cgroup`. The child joins the cgroup before it runs
-/// any of the agent's code.
+/// any of the agent's code. With `network = "none"` it makes its own empty
+/// network namespace; `isolated` needs the daemon's namespace ([`start_in`]).
 pub fn start(
     a: &AgentConfig,
     cgroup: &dyn Cgroup,
     extra_env: &[(String, String)],
+) -> Result<Started, SpawnError> {
+    let netns = match a.network {
+        crate::config::NetworkMode::Host => exec::NetNs::Host,
+        crate::config::NetworkMode::None => exec::NetNs::New,
+        crate::config::NetworkMode::Isolated => {
+            return Err(SpawnError::NoNetwork {
+                agent: a.name().to_string(),
+            })
+        }
+    };
+    start_in(a, cgroup, extra_env, netns)
+}
+
+/// [`start`] in the network namespace `netns`.
+pub fn start_in(
+    a: &AgentConfig,
+    cgroup: &dyn Cgroup,
+    extra_env: &[(String, String)],
+    netns: exec::NetNs,
 ) -> Result<Started, SpawnError> {
     let confine = match a.exec {
         crate::config::ExecMode::Free => None,
@@ -176,21 +198,23 @@ pub fn start(
             Some(crate::confine::prepare(&spec).map_err(err)?)
         }
     };
-    launch(a, cgroup, a.command.get_ref(), extra_env, confine)
+    launch(a, cgroup, a.command.get_ref(), extra_env, confine, netns)
 }
 
 /// Starts a tool the broker allowed, for agent `a`: as the agent's user, in
-/// the agent's cgroup (so its limits and the halt ladder cover the tool),
-/// with the agent's working directory, environment and network, but not its
-/// brokered-mode confinement: running what the agent may not run itself is
-/// the broker's whole point. `argv[0]` is the tool's absolute program.
+/// the agent's cgroup (so its limits and the halt ladder cover the tool) and
+/// in `netns` (the agent's network namespace), with the agent's working
+/// directory and environment, but not its brokered-mode confinement: running
+/// what the agent may not run itself is the broker's whole point. `argv[0]`
+/// is the tool's absolute program.
 pub fn start_tool(
     a: &AgentConfig,
     cgroup: &dyn Cgroup,
     argv: &[String],
     extra_env: &[(String, String)],
+    netns: exec::NetNs,
 ) -> Result<Started, SpawnError> {
-    launch(a, cgroup, argv, extra_env, None)
+    launch(a, cgroup, argv, extra_env, None, netns)
 }
 
 fn launch(
@@ -199,6 +223,7 @@ fn launch(
     command: &[String],
     extra_env: &[(String, String)],
     confine: Option<crate::confine::Prepared>,
+    netns: exec::NetNs,
 ) -> Result<Started, SpawnError> {
     let name = a.name().to_string();
     let io = |what: &'static str| {
@@ -246,7 +271,7 @@ fn launch(
     }
     let plan = ExecPlan {
         confine,
-        new_netns: a.network == crate::config::NetworkMode::None,
+        netns,
         path: argv[0].clone(),
         argv,
         envp,

@@ -112,6 +112,14 @@ timeout = "5s"
 output_cap = "4K"
 
 [[tool]]
+name = "netns"
+scope = "read"
+program = "/bin/readlink"
+args = ["/proc/self/ns/net"]
+timeout = "5s"
+output_cap = "4K"
+
+[[tool]]
 name = "sleeper"
 scope = "read"
 program = "/bin/sh"
@@ -787,6 +795,48 @@ time.sleep(1000)
         "the flood met the rate limit: {st}"
     );
     assert_eq!(env.status()["daemon"]["state"], "running");
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn tools_run_in_the_agents_network_namespace() {
+    let agents = [
+        idle(
+            "boxed",
+            "network = \"none\"\n[agent.broker]\ntools = [\"netns\"]",
+        ),
+        idle("open", "[agent.broker]\ntools = [\"netns\"]"),
+    ]
+    .concat();
+    let mut env = Env::new("", &agents);
+    registry(&env, TOOLS);
+    env.start();
+    wait_running(&env, &["boxed", "open"]);
+    let ns_of = |pid: i64| {
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let host = ns_of(std::process::id() as i64);
+    for (name, same_as_host) in [("boxed", false), ("open", true)] {
+        let pid = env.agent(name)["pid"].as_i64().unwrap();
+        let agent_ns = ns_of(pid);
+        let (code, v) = propose(&env, name, "netns", &[], None);
+        assert_eq!(code, 0, "{v}");
+        let tool_ns = v["data"]["stdout"].as_str().unwrap().trim().to_string();
+        assert_eq!(
+            tool_ns, agent_ns,
+            "{name}: the tool shares the agent's network"
+        );
+        assert_eq!(
+            tool_ns == host,
+            same_as_host,
+            "{name}: {tool_ns} vs host {host}"
+        );
+    }
     env.signal(Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();

@@ -340,8 +340,19 @@ impl Daemon {
                     crate::killswitch::credentials::ENV_DIR.to_string(),
                     self.cfg.credentials_dir.join(agent).display().to_string(),
                 ));
-                crate::spawn::start_tool(&s.cfg, cg.as_ref(), &argv, &env)
-                    .map_err(|e| e.to_string())
+                // The agent's network: its namespace when it has one of its own.
+                let netns = match (&s.net, s.cfg.network) {
+                    (Some(n), _) => n
+                        .join()
+                        .map_err(|e| format!("cannot join its network: {e}")),
+                    (None, crate::config::NetworkMode::Host) => Ok(crate::sys::exec::NetNs::Host),
+                    (None, _) => Err("its network namespace is gone".to_string()),
+                };
+                netns
+                    .and_then(|ns| {
+                        crate::spawn::start_tool(&s.cfg, cg.as_ref(), &argv, &env, ns)
+                            .map_err(|e| e.to_string())
+                    })
                     .and_then(|st| {
                         crate::sys::pidfd_open(st.pid)
                             .map(|fd| (st, fd))

@@ -166,17 +166,43 @@ impl Actuator for Levels<'_> {
     }
 
     fn cut_network(&mut self, target: &Target) -> Result<String, String> {
-        let names = self.d.targets(target);
-        let shared: Vec<&String> = names
-            .iter()
-            .filter(|n| self.d.slots[*n].cfg.network == crate::config::NetworkMode::Host)
-            .collect();
-        if shared.is_empty() {
-            return Ok("no network to cut: network = \"none\"".into());
+        use crate::config::NetworkMode;
+        let (mut cut, mut nothing, mut shared, mut failed) = (vec![], vec![], vec![], vec![]);
+        for name in self.d.targets(target) {
+            let s = self.d.slots.get_mut(&name).expect("slot");
+            match (s.cfg.network, s.net.as_mut()) {
+                (NetworkMode::Host, _) => shared.push(name),
+                (NetworkMode::None, _) => nothing.push(format!("{name} (network = \"none\")")),
+                (NetworkMode::Isolated, None) => nothing.push(format!("{name} (not running)")),
+                (NetworkMode::Isolated, Some(net)) => match net.cut() {
+                    Ok(Some(what)) => cut.push(format!("{name}: {what}")),
+                    Ok(None) => nothing.push(name),
+                    Err(e) => failed.push(format!("{name}: {e}")),
+                },
+            }
         }
-        Err(format!(
-            "cannot cut the network of {shared:?}: they share the host's network namespace (network = \"host\"); isolated networks are not available yet"
-        ))
+        let mut parts = vec![];
+        if !cut.is_empty() {
+            parts.push(format!("cut {}", cut.join("; ")));
+        }
+        if !nothing.is_empty() {
+            parts.push(format!("no network to cut: {}", nothing.join(", ")));
+        }
+        if !failed.is_empty() {
+            parts.push(format!("cut failed for {}", failed.join("; ")));
+        }
+        if !shared.is_empty() {
+            parts.push(format!(
+                "cannot cut {}: network = \"host\" shares the host's network namespace, so there is no link of the agent's own to take down (use network = \"isolated\")",
+                shared.join(", ")
+            ));
+        }
+        let text = parts.join("; ");
+        if failed.is_empty() && shared.is_empty() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
     }
 
     fn freeze(&mut self, target: &Target) -> Result<String, String> {

@@ -18,9 +18,12 @@
 //! [`Action::CaptureEvidence`] step right before it, so with levels 3-4 the
 //! snapshot is taken from a frozen tree, as in the hard-halt ladder.
 //!
-//! The daemon implements [`Actuator`]; the network cut (veth / namespaces)
-//! is its seam: until it exists, `cut_network` should return an error, which
-//! the plan records as a failed step while the ladder goes on.
+//! The daemon implements [`Actuator`]. Its network cut sets both ends of an
+//! `isolated` agent's veth link down (see [`crate::netns`]): the agent keeps
+//! running and its sockets stay open, but no packet leaves. A `none` agent
+//! has nothing to cut, which counts as done; a `host` agent shares the host's
+//! namespace and cannot be cut, which `cut_network` returns as an error: the
+//! plan records it as a failed step while the ladder goes on.
 
 use std::fmt;
 use std::str::FromStr;
@@ -231,7 +234,7 @@ pub struct Step {
 /// ("2 credentials revoked", "cgroup empty after 23 ms").
 pub trait Actuator {
     fn revoke_credentials(&mut self, target: &super::twophase::Target) -> Result<String, String>;
-    /// The seam for network isolation (veth, namespaces, nftables).
+    /// Takes the target's network down without stopping it.
     fn cut_network(&mut self, target: &super::twophase::Target) -> Result<String, String>;
     fn freeze(&mut self, target: &super::twophase::Target) -> Result<String, String>;
     fn capture_evidence(&mut self, target: &super::twophase::Target) -> Result<String, String>;

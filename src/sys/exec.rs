@@ -38,8 +38,19 @@ pub struct ExecPlan {
     pub cap_last: u32,
     /// Brokered mode: the Landlock ruleset and seccomp filter to apply last.
     pub confine: Option<crate::confine::Prepared>,
-    /// Start in a new, empty network namespace (`network = "none"`).
-    pub new_netns: bool,
+    /// The network namespace the agent runs in.
+    pub netns: NetNs,
+}
+
+/// Which network namespace a child enters (while still privileged).
+#[derive(Debug)]
+pub enum NetNs {
+    /// Stay in the daemon's: the host's network.
+    Host,
+    /// A new, empty one of its own, made by the child.
+    New,
+    /// One the daemon made: setns(2) on this descriptor.
+    Join(OwnedFd),
 }
 
 /// The step of child setup that failed; its number is sent over the error pipe.
@@ -118,7 +129,7 @@ impl Step {
             Step::Exec => "execute the command",
             Step::Landlock => "apply the landlock ruleset",
             Step::Seccomp => "install the seccomp filter",
-            Step::Network => "enter a new network namespace",
+            Step::Network => "enter its network namespace",
         }
     }
 }
@@ -270,8 +281,13 @@ unsafe fn child_after_fork(
             fail(err, Step::Rlimit);
         }
     }
-    // 6b. Its own empty network namespace, while still privileged.
-    if plan.new_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
+    // 6b. Its network namespace, while still privileged (CAP_SYS_ADMIN).
+    let entered = match &plan.netns {
+        NetNs::Host => 0,
+        NetNs::New => libc::unshare(libc::CLONE_NEWNET),
+        NetNs::Join(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET),
+    };
+    if entered != 0 {
         fail(err, Step::Network);
     }
     // 7. Capabilities: the bounding set can only be dropped with CAP_SETPCAP,
