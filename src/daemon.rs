@@ -1379,7 +1379,10 @@ impl Daemon {
             if let Some(b) = self.sample_monitors(now) {
                 self.breach(b, now);
             }
-            if let Some(b) = self.check_switches() {
+            for (name, b) in self.silent_agents() {
+                self.halt_silent_agent(&name, b);
+            }
+            if let Some(b) = self.check_oversight() {
                 self.breach(b, now);
             }
             if let Err(e) = self.twophase.expire(crate::evidence::now_ms()) {
@@ -1521,16 +1524,60 @@ impl Daemon {
     }
 
     /// Dead man's switches of running agents, and human oversight.
-    fn check_switches(&self) -> Option<Breach> {
+    /// Dead man's switches: the silent agents, each with its breach.
+    fn silent_agents(&self) -> Vec<(String, Breach)> {
         if matches!(self.mode, Mode::Safe(_)) {
-            return None;
+            return Vec::new();
         }
         let now_ms = crate::evidence::now_ms();
         self.slots
-            .values()
-            .filter(|s| matches!(s.sm.state, State::Running { .. }))
-            .find_map(|s| s.heartbeat.as_ref().and_then(|h| h.check(now_ms)))
-            .or_else(|| self.oversight.check(now_ms))
+            .iter()
+            .filter(|(_, s)| matches!(s.sm.state, State::Running { .. }) && !s.frozen)
+            .filter_map(|(n, s)| {
+                s.heartbeat
+                    .as_ref()
+                    .and_then(|h| h.check(now_ms))
+                    .map(|b| (n.clone(), b))
+            })
+            .collect()
+    }
+
+    /// Oversight: everything halts if no human checked in in time.
+    fn check_oversight(&self) -> Option<Breach> {
+        if matches!(self.mode, Mode::Safe(_)) {
+            return None;
+        }
+        self.oversight.check(crate::evidence::now_ms())
+    }
+
+    /// A silent agent is hard-halted on its own: evidence from its frozen
+    /// tree, kill, cgroup verified empty. It stays down (`halted`) until an
+    /// operator starts it; the other agents and the host carry on.
+    fn halt_silent_agent(&mut self, name: &str, b: Breach) {
+        let reason = b.reason();
+        tracing::error!(agent = name, "{reason}");
+        if let Err(e) = self.audit.record_safety(
+            ev("monitor_breach", Some(name), None, json!(b)),
+            self.safety("agent_halted", &reason),
+        ) {
+            self.audit_failed(&e.to_string());
+        }
+        let report = self.ladder_one(name, "heartbeat", &reason, true);
+        if let Some(r) = &report {
+            self.slots[name].log.note(&format!(
+                "halted: {reason}; {} processes, empty after {} us",
+                r.processes, r.timings.empty_us
+            ));
+            if self.opts.print_reports {
+                self.print_report(r);
+            }
+        }
+        if let Some(s) = self.slots.get_mut(name) {
+            s.sm.handle(Event::Halted, Instant::now());
+            s.heartbeat = None;
+        }
+        self.last_halt = report;
+        self.notify_status();
     }
 
     /// A message from an agent's own socket; its identity is the socket's.

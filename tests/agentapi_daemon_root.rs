@@ -28,7 +28,7 @@ const BEAT_FOREVER: &str =
     "while True:\n    print(call({\"type\": \"heartbeat\"}), flush=True)\n    time.sleep(0.3)";
 
 #[test]
-fn heartbeats_keep_an_agent_alive_and_silence_halts_it() {
+fn heartbeats_keep_an_agent_alive_and_silence_halts_that_agent() {
     let agents = [
         agent(
             "beater",
@@ -48,29 +48,45 @@ fn heartbeats_keep_an_agent_alive_and_silence_halts_it() {
     env.start();
     let t0 = Instant::now();
     env.wait_for("dead man's switch", T, || {
-        env.status()["daemon"]["state"] == "safe_mode"
+        env.agent("silent")["state"] == "halted"
     });
     let took = t0.elapsed();
-    let st = env.status();
-    let reason = st["daemon"]["safe_mode"]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("heartbeat") && reason.contains("agent silent"),
-        "{reason}"
-    );
     // Grace of one interval at start plus two missed intervals.
     assert!(
         took >= Duration::from_millis(2500),
         "tripped early: {took:?}"
     );
-    env.assert_nothing_left();
+    // Only the silent agent: the host is not in SAFE MODE, the beater runs on.
+    let st = env.status();
+    assert_eq!(st["daemon"]["state"], "running", "{st}");
+    assert_eq!(env.agent("beater")["state"], "running");
+    let halt = &st["last_halt"];
+    assert_eq!(halt["trigger"], "heartbeat", "{halt}");
+    assert!(
+        halt["reason"].as_str().unwrap().contains("heartbeat")
+            && halt["agents"].to_string().contains("silent"),
+        "{halt}"
+    );
+    assert_eq!(halt["processes"], 2, "evidence of sh and its sleep: {halt}");
+    assert!(env.agent("silent")["pids"].as_array().unwrap().is_empty());
+    // It stays down: no restart by policy.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.agent("silent")["state"], "halted");
     // The beater got signed health tokens.
     let (_, out, _) = env.cli(&["logs", "beater"]);
     assert!(
         out.contains("'token'") && out.contains("'signature'"),
         "{out}"
     );
+    // An operator brings the silent one back.
+    let (code, _, err) = env.cli(&["start", "silent"]);
+    assert_eq!(code, 0, "{err}");
+    env.wait_for("silent restarted", T, || {
+        env.agent("silent")["state"] == "running"
+    });
     env.signal(Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Dead man's switch: an agent must keep beating (through its agent socket)
-//! or it is halted.
+//! or it is hard-halted on its own (evidence first; the other agents and the
+//! host carry on, and it stays down until an operator starts it).
 //!
 //! Configured per agent as `heartbeat = "30s"`, `missed = 3`. Each beat is
 //! answered with a [`HealthToken`] signed by warden's host key, which the
