@@ -841,3 +841,42 @@ fn tools_run_in_the_agents_network_namespace() {
     assert_eq!(env.wait_exit(T), 0);
     env.assert_nothing_left();
 }
+
+#[test]
+fn pending_requests_expire() {
+    let mut env = Env::new(
+        "approval_timeout = \"1s\"\n",
+        &idle("patient", "[agent.broker]\ntools = [\"rm\"]"),
+    );
+    registry(&env, TOOLS);
+    let work = workdir(&env);
+    env.start();
+    wait_running(&env, &["patient"]);
+    let f = work.join("x").display().to_string();
+    let (code, v) = propose(&env, "patient", "rm", &[("file", &f)], None);
+    assert_eq!(code, 4, "{v}");
+    let id = v["data"]["request_id"].as_str().unwrap().to_string();
+    // A wait longer than the request's life ends with it.
+    let t0 = Instant::now();
+    let (code, v) = as_agent(&env, "patient", &["wait", &id, "--secs", "20"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["data"]["state"], "expired", "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(op(&env, &["approvals"])["pending"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let (code, _, err) = env.cli(&["approve", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expired"), "{err}");
+    assert!(audit_kinds(&env)
+        .iter()
+        .any(|e| e["kind"] == "approval_expired" && e["data"]["request_id"] == id.as_str()));
+    // The same call again opens a new request.
+    let (code, v) = propose(&env, "patient", "rm", &[("file", &f)], None);
+    assert_eq!(code, 4, "{v}");
+    assert_ne!(v["data"]["request_id"], id.as_str());
+    env.signal(Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+    env.assert_nothing_left();
+}
