@@ -482,6 +482,26 @@ fn each_guard_refuses_what_it_should_and_only_that() {
     assert_eq!(code, 1, "{v}");
     let (code, v) = as_agent(&env, "calls", &["run-end", &run]);
     assert_eq!(code, 1, "another agent's run: {v}");
+    // The human forms of the same.
+    let (code, out, _) = env.cli(&["runs", "--agent", "worker"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&run) && out.contains("completed") && out.contains("guard tour"),
+        "{out}"
+    );
+    let (code, out, _) = env.cli(&["run", "show", &run]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("touch") && out.contains("approved by uid 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("token_reused") && out.contains("(truncated)"),
+        "{out}"
+    );
+    let (code, out, _) = env.cli(&["approvals"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no tool call waits"), "{out}");
     let (code, _, err) = env.cli(&["runs", "--reason", "bogus"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown reason"), "{err}");
