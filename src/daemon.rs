@@ -345,6 +345,8 @@ impl Daemon {
         let mut protected = crate::protect::default_paths(&opts.config_path);
         protected.extend(cfg.protected_paths.iter().cloned());
         protected.extend(cfg.resume_key.iter().cloned());
+        // The tool registry is policy: changed only while the agents are down.
+        protected.extend(cfg.tools.iter().cloned());
         let protect = Protect::new(&protected)
             .map_err(io_err("cannot watch protected paths", Path::new("/")))?;
         let hardware = cfg.watchdog.as_ref().map(Hardware::open).transpose()?;

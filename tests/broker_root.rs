@@ -688,13 +688,23 @@ fn reload_takes_a_good_registry_and_refuses_a_bad_one() {
     wait_running(&env, &["user"]);
     let (_, v) = propose(&env, "user", "echo", &[("msg", "a")], None);
     assert_eq!(v["ok"], true, "{v}");
-    // A registry without a tool an agent is configured with is refused.
+    // The registry is a protected path: changing it under running agents is
+    // a self-modification breach.
     std::fs::write(&path, SHELL_TOOL).unwrap();
+    env.wait_for("self-modification halt", T, || {
+        env.status()["daemon"]["state"] == "safe_mode"
+    });
+    let reason = env.status()["daemon"]["safe_mode"]["reason"].to_string();
+    assert!(
+        reason.contains("self_modification") && reason.contains("tools.toml"),
+        "{reason}"
+    );
+    env.assert_nothing_left();
+    // With the agents down the operator reloads. A registry without a tool
+    // an agent is configured with is refused.
     let (code, _, err) = env.cli(&["reload"]);
     assert_eq!(code, 1);
     assert!(err.contains("echo") && err.contains("stays"), "{err}");
-    let (_, v) = propose(&env, "user", "echo", &[("msg", "b")], None);
-    assert_eq!(v["ok"], true, "the old registry is still in use: {v}");
     // Broken TOML names the line.
     std::fs::write(&path, "[[tool]]\nname = \"echo\"\nscope = \"sometimes\"\n").unwrap();
     let (code, _, err) = env.cli(&["reload"]);
@@ -715,9 +725,17 @@ fn reload_takes_a_good_registry_and_refuses_a_bad_one() {
     std::fs::write(&path, changed).unwrap();
     let v = op(&env, &["reload"]);
     assert!(v["sha256"] != v["old_sha256"], "{v}");
+    let resume = |why: &str| {
+        let (code, _, err) = env.cli(&["resume", "--reason", why]);
+        assert_eq!(code, 0, "{err}");
+        wait_running(&env, &["user"]);
+    };
+    resume("registry: echo prefixes");
     let (_, v) = propose(&env, "user", "echo", &[("msg", "c")], None);
     assert_eq!(v["data"]["stdout"], "said: c\n", "{v}");
     // SIGHUP reloads too.
+    let (code, _, err) = env.cli(&["halt", "--reason", "registry change"]);
+    assert_eq!(code, 0, "{err}");
     std::fs::write(
         &path,
         TOOLS
@@ -727,16 +745,16 @@ fn reload_takes_a_good_registry_and_refuses_a_bad_one() {
     .unwrap();
     env.signal(Signal::SIGHUP);
     env.wait_for("SIGHUP reload", T, || {
-        propose(&env, "user", "echo", &[("msg", "d")], None).1["data"]["stdout"] == "hup: d\n"
-    });
-    let kinds = audit_kinds(&env);
-    assert_eq!(
-        kinds
+        audit_kinds(&env)
             .iter()
             .filter(|e| e["kind"] == "tools_reloaded")
-            .count(),
-        2
-    );
+            .count()
+            == 2
+    });
+    resume("registry: hup");
+    let (_, v) = propose(&env, "user", "echo", &[("msg", "d")], None);
+    assert_eq!(v["data"]["stdout"], "hup: d\n", "{v}");
+    let kinds = audit_kinds(&env);
     assert_eq!(
         kinds
             .iter()
