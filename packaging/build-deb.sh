@@ -34,8 +34,11 @@ install -D -m 0644 packaging/warden.toml "$stage/etc/warden/warden.toml"
 install -D -m 0644 packaging/debian/copyright "$stage/usr/share/doc/warden/copyright"
 install -D -m 0644 packaging/debian/changelog "$stage/usr/share/doc/warden/changelog"
 install -D -m 0644 docs/operators.md "$stage/usr/share/doc/warden/operators.md"
+install -D -m 0644 docs/broker.md "$stage/usr/share/doc/warden/broker.md"
+install -D -m 0644 docs/agent-api.md "$stage/usr/share/doc/warden/agent-api.md"
 install -D -m 0644 packaging/warden.1 "$stage/usr/share/man/man1/warden.1"
 gzip -9n "$stage/usr/share/doc/warden/changelog" "$stage/usr/share/doc/warden/operators.md" \
+    "$stage/usr/share/doc/warden/broker.md" "$stage/usr/share/doc/warden/agent-api.md" \
     "$stage/usr/share/man/man1/warden.1"
 
 for f in postinst prerm postrm; do
