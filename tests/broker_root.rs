@@ -502,6 +502,12 @@ fn each_guard_refuses_what_it_should_and_only_that() {
     let (code, out, _) = env.cli(&["approvals"]);
     assert_eq!(code, 0);
     assert!(out.contains("no tool call waits"), "{out}");
+    let (code, out, _) = env.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("tools: 8 from") && out.contains("0 waiting for approval"),
+        "{out}"
+    );
     let (code, _, err) = env.cli(&["runs", "--reason", "bogus"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown reason"), "{err}");

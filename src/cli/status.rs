@@ -60,6 +60,17 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         d["cgroup_layout"].as_str().unwrap_or("?"),
         d["cgroup_root"].as_str().unwrap_or("?")
     );
+    let b = &v["broker"];
+    if !b["registry"].is_null() {
+        println!(
+            "tools: {} from {}; {} waiting for approval, {} running, {} open runs",
+            b["tools"].as_array().map(|a| a.len()).unwrap_or(0),
+            b["registry"].as_str().unwrap_or("?"),
+            b["pending_approvals"],
+            b["running_tools"],
+            b["open_runs"]
+        );
+    }
     println!();
     super::agents::print_table(&v["agents"]);
     let h = &v["last_halt"];
