@@ -126,13 +126,11 @@ pub fn sign(
     valid_for: Duration,
     now_ms: u64,
 ) -> Authorization {
-    let mut nonce = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let statement = Statement {
         kind: KIND.into(),
         host: host.into(),
         reason: reason.into(),
-        nonce: hex::encode(nonce),
+        nonce: crate::crypto::random_hex(16),
         issued_at_ms: now_ms,
         expires_at_ms: now_ms + valid_for.as_millis() as u64,
     };

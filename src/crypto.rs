@@ -149,6 +149,13 @@ pub fn decode_hex_lower(text: &str) -> Option<Vec<u8>> {
     hex::decode(text).ok()
 }
 
+/// `n` random bytes from the OS, as lowercase hex (ids, nonces).
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }

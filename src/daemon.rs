@@ -1376,7 +1376,8 @@ impl Daemon {
                 self.stop_watch_halted = false;
             }
         }
-        if now >= self.next_monitor {
+        let monitor_due = now >= self.next_monitor;
+        if monitor_due {
             self.next_monitor = now + self.cfg.monitor_interval.0;
             if let Some(b) = self.sample_monitors(now) {
                 self.breach(b, now);
@@ -1390,10 +1391,9 @@ impl Daemon {
             if let Err(e) = self.twophase.expire(crate::evidence::now_ms()) {
                 tracing::error!("cannot persist expired kill authorizations: {e}");
             }
-            self.broker_tick(now, true);
-        } else {
-            self.broker_tick(now, false);
         }
+        // Parked approval waits every turn; request expiry with the monitors.
+        self.broker_tick(now, monitor_due);
         if now >= self.pinger.next() {
             let health = self.health();
             self.pinger.tick(health, now);
@@ -1525,7 +1525,6 @@ impl Daemon {
         first
     }
 
-    /// Dead man's switches of running agents, and human oversight.
     /// Dead man's switches: the silent agents, each with its breach.
     fn silent_agents(&self) -> Vec<(String, Breach)> {
         if matches!(self.mode, Mode::Safe(_)) {

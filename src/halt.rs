@@ -78,14 +78,7 @@ fn us(t0: Instant) -> u64 {
 
 /// A unique id for a halt.
 pub fn new_id() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom_bytes(&mut b);
-    format!("h{}-{}", evidence::now_ms(), hex::encode(b))
-}
-
-fn getrandom_bytes(b: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(b)
+    format!("h{}-{}", evidence::now_ms(), crate::crypto::random_hex(4))
 }
 
 /// Runs the ladder on `scope` (one agent's cgroup, or the parent of all).

@@ -368,9 +368,7 @@ pub fn open_read_only(path: &Path) -> Result<ReadOnlyDb, SchemaError> {
 /// Copies the database and its WAL into a new 0700 temporary directory.
 fn private_copy(db: &Path, wal: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let mut random = [0u8; 8];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
-    let dir = std::env::temp_dir().join(format!("warden-verify-{}", hex::encode(random)));
+    let dir = std::env::temp_dir().join(format!("warden-verify-{}", crate::crypto::random_hex(8)));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let copied = std::fs::copy(db, dir.join(DB_FILE))
         .and_then(|_| std::fs::copy(wal, dir.join(format!("{DB_FILE}-wal"))));

@@ -412,10 +412,8 @@ impl Writer {
     ) -> rusqlite::Result<String> {
         let canonical = crypto::canonical_json(&data);
         let sha256 = crypto::sha256_hex(canonical.as_bytes());
-        let mut random = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
         let mut rec = EvidenceRecord {
-            id: format!("ev-{}", hex::encode(random)),
+            id: format!("ev-{}", crypto::random_hex(8)),
             halt_id: halt_id.to_string(),
             timestamp: chain::now_ms(),
             sha256,

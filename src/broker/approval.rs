@@ -509,7 +509,7 @@ impl ApprovalStore {
         args_sha256: &str,
         now_ms: u64,
     ) -> Result<String, ApprovalError> {
-        let id = format!("req-{}", super::random_id());
+        let id = format!("req-{}", crate::crypto::random_hex(8));
         self.commit(Entry::Request(Request {
             id: id.clone(),
             agent: agent.into(),
@@ -603,7 +603,7 @@ impl ApprovalStore {
             scope: r.scope,
             approver_uid,
             expires_at_ms: now_ms.saturating_add(ttl.as_millis() as u64),
-            nonce: super::random_id() + &super::random_id(),
+            nonce: crate::crypto::random_hex(16),
         };
         let token = Token {
             signature: key.sign_hex(&claims_bytes(&claims)),

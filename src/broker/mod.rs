@@ -14,8 +14,7 @@
 //!   function that turns a proposal into a [`Decision`].
 //! - [`approval`]: pending requests, signed single-use approval tokens, and
 //!   their JSON-lines persistence.
-//! - [`run`]: runs (a goal, its limits, every call and its outcome) and the
-//!   output cap helper.
+//! - [`run`]: runs (a goal, its limits, every call and its outcome).
 //!
 //! Time is milliseconds since the Unix epoch everywhere (`now_ms`): tokens
 //! and persisted requests outlive the process, so a monotonic clock would not do.
@@ -35,8 +34,7 @@ pub use approval::{
 pub use policy::{decide, AgentToolPolicy, Decision, DenyCode, Proposal};
 pub use registry::{ParamSpec, ParamType, Registry, RegistryError, Scope, Tool};
 pub use run::{
-    cap_output, CallRecord, ExecResult, Run, RunError, RunLimits, RunState, RunStore, RunSummary,
-    StopReason,
+    CallRecord, ExecResult, Run, RunError, RunLimits, RunState, RunStore, RunSummary, StopReason,
 };
 pub use schema::{render_argv, validate_args, SchemaError, ValidArgs};
 
@@ -86,18 +84,5 @@ pub fn load_registry(
     Ok((reg, crate::crypto::sha256_hex(&bytes)))
 }
 
-/// Milliseconds since the Unix epoch, the broker's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// 16 random hex digits, for request, run and nonce ids.
-pub(crate) fn random_id() -> String {
-    use rand_core::RngCore;
-    let mut b = [0u8; 8];
-    rand_core::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
-}
+/// Milliseconds since the Unix epoch, the broker's clock (the daemon's).
+pub use crate::evidence::now_ms;

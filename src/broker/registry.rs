@@ -34,11 +34,6 @@ pub const MAX_OUTPUT_CAP: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot read tool registry {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: line {line}: {message}")]
@@ -249,15 +244,6 @@ pub fn parse_template(element: &str) -> Result<Vec<Piece>, String> {
 }
 
 impl Registry {
-    /// Reads and validates a registry file.
-    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
     /// Parses and validates registry text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Registry, RegistryError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| RegistryError::Parse {

@@ -234,7 +234,7 @@ impl RunStore {
         }
         self.counter += 1;
         // The random part keeps ids unique across daemon restarts.
-        let id = format!("run-{:06}-{}", self.counter, &super::random_id()[..8]);
+        let id = format!("run-{:06}-{}", self.counter, crate::crypto::random_hex(4));
         self.runs.insert(
             id.clone(),
             Run {
@@ -319,6 +319,20 @@ impl RunStore {
 
     /// Runs, oldest first, of `agent` (all if `None`) that ended with
     /// `reason` (any state if `None`).
+    /// Runs kept, open and ended.
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Runs open now (one per agent at most).
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
     /// Drops ended runs (the daemon keeps memory bounded); open runs stay.
     pub fn forget(&mut self, ids: &[String]) {
         for id in ids {
@@ -353,27 +367,9 @@ impl RunStore {
     }
 }
 
-/// Keeps the first `cap` bytes of a tool's output; `true` when some were dropped.
-pub fn cap_output(bytes: &[u8], cap: u64) -> (Vec<u8>, bool) {
-    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    if bytes.len() > cap {
-        (bytes[..cap].to_vec(), true)
-    } else {
-        (bytes.to_vec(), false)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caps_output() {
-        assert_eq!(cap_output(b"hello", 10), (b"hello".to_vec(), false));
-        assert_eq!(cap_output(b"hello", 5), (b"hello".to_vec(), false));
-        assert_eq!(cap_output(b"hello", 2), (b"he".to_vec(), true));
-        assert_eq!(cap_output(b"", 0), (Vec::new(), false));
-    }
 
     #[test]
     fn one_open_run_per_agent_and_one_end() {

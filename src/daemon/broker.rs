@@ -153,8 +153,7 @@ impl Broker {
             "tools": self.registry.as_ref().map(|r| r.names()),
             "pending_approvals": self.approvals.pending(broker::now_ms()).len(),
             "running_tools": self.running.len(),
-            "open_runs": self.runs.list(None, None).iter()
-                .filter(|r| r.state == broker::RunState::Open).count(),
+            "open_runs": self.runs.open_count(),
         })
     }
 
@@ -196,7 +195,9 @@ impl Daemon {
             Mode::ShuttingDown => return Some("daemon is shutting down".into()),
             Mode::Running => {}
         }
-        let s = self.slots.get(agent)?;
+        let Some(s) = self.slots.get(agent) else {
+            return Some(format!("no agent named {agent:?}"));
+        };
         if s.frozen {
             return Some("agent is frozen".into());
         }
@@ -328,6 +329,10 @@ impl Daemon {
         run: Option<(String, u32)>,
         reply: oneshot::Sender<AgentResponse>,
     ) {
+        let Some(tx) = self.broker.done_tx.clone() else {
+            self.tool_failed(agent, tool, run, "broker is not running", reply);
+            return;
+        };
         let s = &self.slots[agent];
         let started = match s.cgroup.as_ref() {
             None => Err("agent has no cgroup".to_string()),
@@ -348,31 +353,30 @@ impl Daemon {
                     (None, crate::config::NetworkMode::Host) => Ok(crate::sys::exec::NetNs::Host),
                     (None, _) => Err("its network namespace is gone".to_string()),
                 };
-                netns
-                    .and_then(|ns| {
-                        crate::spawn::start_tool(&s.cfg, cg.as_ref(), &argv, &env, ns)
-                            .map_err(|e| e.to_string())
-                    })
-                    .and_then(|st| {
-                        crate::sys::pidfd_open(st.pid)
-                            .map(|fd| (st, fd))
-                            .map_err(|e| format!("pidfd_open: {e}"))
-                    })
+                netns.and_then(|ns| {
+                    crate::spawn::start_tool(&s.cfg, cg.as_ref(), &argv, &env, ns)
+                        .map_err(|e| e.to_string())
+                })
             }
         };
-        let ((st, pidfd), tx) = match (started, self.broker.done_tx.clone()) {
-            (Ok(x), Some(tx)) => (x, tx),
-            (Err(e), _) => {
+        let st = match started {
+            Ok(st) => st,
+            Err(e) => {
                 self.tool_failed(agent, tool, run, &e, reply);
                 return;
             }
-            (Ok((st, _)), None) => {
+        };
+        // The tool's exit is awaited on its pidfd; without one it cannot be
+        // watched, so it does not run.
+        let exit = match crate::sys::pidfd_open(st.pid).and_then(crate::sys::async_readable) {
+            Ok(fd) => fd,
+            Err(e) => {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(st.pid),
+                    Pid::from_raw(st.pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 super::reap_pid(st.pid, true);
-                self.tool_failed(agent, tool, run, "broker is not running", reply);
+                self.tool_failed(agent, tool, run, &format!("cannot watch it: {e}"), reply);
                 return;
             }
         };
@@ -397,7 +401,7 @@ impl Daemon {
         );
         let pid = st.pid;
         tokio::spawn(async move {
-            let outcome = watch_tool(pid, pidfd, st.stdout, st.stderr, timeout, cap).await;
+            let outcome = watch_tool(pid, exit, st.stdout, st.stderr, timeout, cap).await;
             let _ = tx.send(ToolDone {
                 call,
                 outcome,
@@ -570,16 +574,17 @@ impl Daemon {
 
     /// Keeps memory bounded: the oldest ended runs go first.
     fn prune_runs(&mut self) {
-        let all = self.broker.runs.list(None, None);
-        if all.len() > RUNS_KEPT {
-            let old: Vec<String> = all
-                .iter()
-                .filter(|r| r.state != broker::RunState::Open)
-                .take(all.len() - RUNS_KEPT)
-                .map(|r| r.id.clone())
-                .collect();
-            self.broker.runs.forget(&old);
+        if self.broker.runs.len() <= RUNS_KEPT {
+            return;
         }
+        let all = self.broker.runs.list(None, None);
+        let old: Vec<String> = all
+            .iter()
+            .filter(|r| r.state != broker::RunState::Open)
+            .take(all.len() - RUNS_KEPT)
+            .map(|r| r.id.clone())
+            .collect();
+        self.broker.runs.forget(&old);
     }
 
     /// `approval.wait`: answered now if decided, else parked.
@@ -841,7 +846,7 @@ async fn read_capped(fd: OwnedFd, cap: u64, into: Arc<Mutex<Captured>>) {
 /// Waits for the tool (killing it at its timeout), then collects its output.
 async fn watch_tool(
     pid: i32,
-    pidfd: OwnedFd,
+    exit: tokio::io::unix::AsyncFd<OwnedFd>,
     stdout: OwnedFd,
     stderr: OwnedFd,
     timeout: Duration,
@@ -856,34 +861,18 @@ async fn watch_tool(
         tokio::spawn(read_capped(stderr, cap, err.clone())),
     ];
     let mut o = Outcome::default();
-    let exited = match crate::sys::async_readable(pidfd) {
-        Ok(fd) => {
-            if tokio::time::timeout(timeout, fd.readable()).await.is_err() {
-                o.timed_out = true;
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                tokio::time::timeout(KILL_WAIT, fd.readable()).await.is_ok()
-            } else {
-                true
-            }
-        }
-        // No pidfd watch: poll for the exit.
-        Err(_) => {
-            let deadline = t0 + timeout;
-            loop {
-                if !pid_running(pid) {
-                    break true;
-                }
-                if Instant::now() >= deadline {
-                    o.timed_out = true;
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    break !pid_running(pid);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+    let exited = if tokio::time::timeout(timeout, exit.readable())
+        .await
+        .is_err()
+    {
+        o.timed_out = true;
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        tokio::time::timeout(KILL_WAIT, exit.readable())
+            .await
+            .is_ok()
+    } else {
+        true
     };
     o.duration = t0.elapsed();
     // What the tool left in its process group goes with it.
@@ -902,16 +891,4 @@ async fn watch_tool(
     o.stdout = std::mem::take(&mut *out.lock().unwrap_or_else(|p| p.into_inner()));
     o.stderr = std::mem::take(&mut *err.lock().unwrap_or_else(|p| p.into_inner()));
     o
-}
-
-/// Whether our child `pid` has not exited yet (no reaping).
-fn pid_running(pid: i32) -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-    matches!(
-        waitid(
-            Id::Pid(Pid::from_raw(pid)),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
-        ),
-        Ok(WaitStatus::StillAlive)
-    )
 }

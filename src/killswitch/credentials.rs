@@ -300,13 +300,13 @@ impl CredentialStore {
                 name: name.into(),
             });
         }
-        let mut raw = [0u8; SECRET_BYTES];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
-        let secret = Secret(format!("wdn_{}_{}", kind.tag(), hex::encode(raw)));
-        let mut id = [0u8; 6];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let secret = Secret(format!(
+            "wdn_{}_{}",
+            kind.tag(),
+            crate::crypto::random_hex(SECRET_BYTES)
+        ));
         let cred = Credential {
-            id: format!("cred-{}", hex::encode(id)),
+            id: format!("cred-{}", crate::crypto::random_hex(6)),
             agent: agent.into(),
             kind,
             name: name.into(),

@@ -251,10 +251,8 @@ impl TwoPhase {
                 return Err(Refusal::Invalid("empty agent name".into()));
             }
         }
-        let mut id_bytes = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
         self.commit(Authorization {
-            id: format!("ks-{}", hex::encode(id_bytes)),
+            id: format!("ks-{}", crate::crypto::random_hex(8)),
             target,
             levels,
             armed_by_uid: uid,
