@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warden::audit::{Audit, AuditOptions, Event};
+use warden_core::audit::{Audit, AuditOptions, Event};
 
 fn event(i: u64) -> Event {
     Event {
@@ -97,7 +97,8 @@ fn async_submitter(audit: &Audit, total: u64, window: usize) -> Run {
         let mut latencies = Vec::with_capacity(total as usize);
         for i in 0..total {
             if in_flight.len() >= window {
-                let (t0, p): (Instant, warden::audit::Pending<_>) = in_flight.pop_front().unwrap();
+                let (t0, p): (Instant, warden_core::audit::Pending<_>) =
+                    in_flight.pop_front().unwrap();
                 p.await.unwrap();
                 latencies.push(t0.elapsed());
             }
@@ -128,7 +129,7 @@ fn fresh(base: &Path) -> (tempfile::TempDir, Audit) {
 }
 
 fn cleanup(dir: tempfile::TempDir) {
-    let _ = warden::sys::fsattr::clear_append_only_tree(dir.path());
+    let _ = warden_core::sys::fsattr::clear_append_only_tree(dir.path());
     let _ = dir.close();
 }
 
@@ -160,7 +161,7 @@ fn main() {
     blocking_submitters(&audit, 16, Duration::from_secs(2));
     drop(audit);
     let t0 = Instant::now();
-    let report = warden::audit::verify(&warden::audit::VerifyOptions {
+    let report = warden_core::audit::verify(&warden_core::audit::VerifyOptions {
         state_dir: dir.path().join("state"),
         ..Default::default()
     })

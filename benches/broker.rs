@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use warden::broker::{
+use warden_core::crypto::KeyPair;
+use warden_daemon::broker::{
     decide, AgentToolPolicy, ApprovalStore, Decision, Proposal, Registry, RunStore,
 };
-use warden::crypto::KeyPair;
 
 const TOOLS: &str = r#"
 [[tool]]

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(warden::cli::main());
+    std::process::exit(warden_cli::main());
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use warden::agentapi::server::{self, AgentCommand, Counters, Limits};
-use warden::agentapi::AgentResponse;
+use warden_daemon::agent_socket::{self as server, AgentCommand, Counters, Limits};
+use warden_proto::agent::AgentResponse;
 
 /// Agent A runs as nobody, agent B as a uid no account uses.
 const A: (&str, u32) = ("alpha", 65534);
@@ -86,7 +86,7 @@ impl Harness {
                             .push((c.agent.clone(), c.request.name().to_string()));
                         let r = if c.request.is_broker() {
                             AgentResponse::err_with(
-                                warden::agentapi::ErrorCode::Denied,
+                                warden_proto::agent::ErrorCode::Denied,
                                 "no tools in this test",
                                 json!({"decision": "unknown_tool"}),
                             )

@@ -3,10 +3,10 @@
 mod audit_common;
 
 use audit_common::*;
-use warden::audit::{Audit, AuditOptions};
-use warden::casepack;
-use warden::cli::casepack::{run, CasepackCommand, ExportArgs, VerifyArgs};
-use warden::crypto::KeyPair;
+use warden_cli::casepack::{run, CasepackCommand, ExportArgs, VerifyArgs};
+use warden_core::audit::{Audit, AuditOptions};
+use warden_core::casepack;
+use warden_core::crypto::KeyPair;
 
 fn export_to(s: &Scratch, halt_id: &str, out: &std::path::Path) -> i32 {
     run(CasepackCommand::Export(ExportArgs {
@@ -71,12 +71,12 @@ fn slice_starts_at_the_previous_checkpoint_and_ends_at_the_covering_one() {
     let ev = evidence_json();
     let id = audit.store_evidence("h-late", &ev).unwrap();
     audit
-        .record(warden::audit::Event::new(
+        .record(warden_core::audit::Event::new(
             "halt",
             serde_json::json!({
                 "halt_id": "h-late",
                 "evidence_id": id,
-                "evidence_sha256": warden::crypto::sha256_hex(warden::crypto::canonical_json(&ev).as_bytes()),
+                "evidence_sha256": warden_core::crypto::sha256_hex(warden_core::crypto::canonical_json(&ev).as_bytes()),
             }),
         ))
         .unwrap();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use audit_common::*;
 use rand_core::{OsRng, RngCore};
-use warden::audit::{schema, store, verify, Audit, AuditOptions, Event, VerifyOptions};
+use warden_core::audit::{schema, store, verify, Audit, AuditOptions, Event, VerifyOptions};
 
 const CHILD_ENV: &str = "WARDEN_AUDIT_CRASH_CHILD";
 const KILLS: usize = 200;

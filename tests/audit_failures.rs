@@ -8,8 +8,8 @@ use std::io::Write;
 use std::os::fd::AsFd;
 
 use audit_common::*;
-use warden::audit::{Audit, AuditError};
-use warden::sys::fsattr;
+use warden_core::audit::{Audit, AuditError};
+use warden_core::sys::fsattr;
 
 fn assert_root() {
     assert!(
@@ -68,7 +68,7 @@ fn full_disk_fails_closed() {
         std::fs::remove_file(mnt.join("filler")).unwrap();
     }
     // What was acknowledged is intact.
-    let report = warden::audit::verify(&warden::audit::VerifyOptions {
+    let report = warden_core::audit::verify(&warden_core::audit::VerifyOptions {
         state_dir: state,
         ..Default::default()
     })
@@ -117,7 +117,7 @@ fn read_only_state_dir_is_refused() {
             "{err}"
         );
         // verify still works on a read-only copy.
-        let report = warden::audit::verify(&warden::audit::VerifyOptions {
+        let report = warden_core::audit::verify(&warden_core::audit::VerifyOptions {
             state_dir: s.state(),
             ..Default::default()
         })

@@ -5,8 +5,8 @@ mod audit_common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use audit_common::*;
-use warden::audit::Audit;
-use warden::cli::key::{run, KeyCommand, ShowArgs};
+use warden_cli::key::{run, KeyCommand, ShowArgs};
+use warden_core::audit::Audit;
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().mode() & 0o7777
@@ -71,7 +71,7 @@ fn mismatched_public_key_is_refused() {
     drop(Audit::open(&s.state(), &s.logs()).unwrap());
     std::fs::write(
         s.state().join("keys/signing.pub"),
-        warden::crypto::KeyPair::generate().public_pem(),
+        warden_core::crypto::KeyPair::generate().public_pem(),
     )
     .unwrap();
     let err = Audit::open(&s.state(), &s.logs()).unwrap_err().to_string();

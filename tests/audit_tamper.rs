@@ -6,10 +6,10 @@ mod audit_common;
 use std::path::{Path, PathBuf};
 
 use audit_common::*;
-use warden::audit::verify::{verify, FindingKind, VerifyOptions};
-use warden::audit::{Audit, AuditOptions};
-use warden::cli::audit::{run, AuditCommand, VerifyArgs};
-use warden::crypto::{self, KeyPair};
+use warden_cli::audit::{run, AuditCommand, VerifyArgs};
+use warden_core::audit::verify::{verify, FindingKind, VerifyOptions};
+use warden_core::audit::{Audit, AuditOptions};
+use warden_core::crypto::{self, KeyPair};
 
 fn verify_code(state: &Path, pubkey: Option<PathBuf>, against: Option<PathBuf>) -> i32 {
     run(AuditCommand::Verify(VerifyArgs {
@@ -65,7 +65,7 @@ fn edited_entry_is_10() {
     // Editing and fixing up that entry's own hash breaks the next link.
     let s = fresh();
     let conn = attacker(&s.state());
-    let mut e = warden::audit::store::entry(&conn, 5).unwrap().unwrap();
+    let mut e = warden_core::audit::store::entry(&conn, 5).unwrap().unwrap();
     e.kind = "nothing_to_see".into();
     e.hash = e.expected_hash().unwrap();
     conn.execute(
@@ -83,8 +83,8 @@ fn rewritten_chain_without_resigning_is_10() {
     // Recompute every hash after the edit but keep the old signatures: the
     // checkpoints no longer match.
     let conn = attacker(&s.state());
-    let mut prev = warden::audit::chain::genesis_hash();
-    for mut e in warden::audit::store::entries(&conn, 1, u64::MAX).unwrap() {
+    let mut prev = warden_core::audit::chain::genesis_hash();
+    for mut e in warden_core::audit::store::entries(&conn, 1, u64::MAX).unwrap() {
         if e.seq == 3 {
             e.data = serde_json::json!({"i": -1});
         }
@@ -183,7 +183,7 @@ fn truncated_tail_is_13() {
     }
     drop(audit);
     let conn = attacker(&s.state());
-    let old_head = warden::audit::store::get_state(&conn, "head")
+    let old_head = warden_core::audit::store::get_state(&conn, "head")
         .unwrap()
         .unwrap();
     drop(conn);
@@ -196,7 +196,7 @@ fn truncated_tail_is_13() {
     let conn = attacker(&s.state());
     conn.execute("DELETE FROM audit_log WHERE seq > 20", [])
         .unwrap();
-    warden::audit::store::set_state(&conn, "head", &old_head).unwrap();
+    warden_core::audit::store::set_state(&conn, "head", &old_head).unwrap();
     drop(conn);
     assert_eq!(verify_code(&s.state(), None, None), 13);
 }
@@ -276,7 +276,9 @@ fn witness_catches_a_rewrite_with_the_real_key_16() {
     let wheads = s2.path().join("heads.jsonl");
     let head = {
         let conn = attacker(&s2.state());
-        warden::audit::store::head_record(&conn).unwrap().unwrap()
+        warden_core::audit::store::head_record(&conn)
+            .unwrap()
+            .unwrap()
     };
     std::fs::write(&wheads, head.to_json_line() + "\n").unwrap();
     let key = crypto::load_private_key(&s2.state().join("keys/signing.key")).unwrap();
@@ -285,15 +287,18 @@ fn witness_catches_a_rewrite_with_the_real_key_16() {
         .unwrap();
     conn.execute("DELETE FROM checkpoints WHERE seq > 8", [])
         .unwrap();
-    let h8 = warden::audit::store::entry(&conn, 8).unwrap().unwrap().hash;
-    let fake = warden::audit::chain::Checkpoint::sign(
+    let h8 = warden_core::audit::store::entry(&conn, 8)
+        .unwrap()
+        .unwrap()
+        .hash;
+    let fake = warden_core::audit::chain::Checkpoint::sign(
         &key,
-        &warden::audit::chain::Host::current(),
+        &warden_core::audit::chain::Host::current(),
         8,
         &h8,
         0,
     );
-    warden::audit::store::set_state(&conn, "head", &fake.to_json_line()).unwrap();
+    warden_core::audit::store::set_state(&conn, "head", &fake.to_json_line()).unwrap();
     drop(conn);
     assert_eq!(verify_code(&s2.state(), None, None), 0);
     assert_eq!(verify_code(&s2.state(), None, Some(wheads)), 16);

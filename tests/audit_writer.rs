@@ -8,9 +8,9 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use audit_common::*;
-use warden::audit::chain::Checkpoint;
-use warden::audit::{schema, store, witness, Audit, AuditOptions, Event};
-use warden::cli::audit::{run, AuditCommand, ShowArgs, TailArgs};
+use warden_cli::audit::{run, AuditCommand, ShowArgs, TailArgs};
+use warden_core::audit::chain::Checkpoint;
+use warden_core::audit::{schema, store, witness, Audit, AuditOptions, Event};
 
 fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
 
@@ -19,8 +19,8 @@ fn audit_is_send_sync_clone() {
     assert_send_sync_clone::<Audit>();
 }
 
-fn verify_ok(state: &std::path::Path) -> warden::audit::VerifyReport {
-    warden::audit::verify(&warden::audit::VerifyOptions {
+fn verify_ok(state: &std::path::Path) -> warden_core::audit::VerifyReport {
+    warden_core::audit::verify(&warden_core::audit::VerifyOptions {
         state_dir: state.to_owned(),
         ..Default::default()
     })
@@ -138,7 +138,7 @@ fn checkpoints_every_n_and_on_request() {
         .map(|c| c.seq)
         .collect();
     assert_eq!(seqs, vec![0, 4, 8, 10]);
-    let key = warden::crypto::load_public_key(&s.state().join("keys/signing.pub")).unwrap();
+    let key = warden_core::crypto::load_public_key(&s.state().join("keys/signing.pub")).unwrap();
     assert!(cp.verify(&key));
     assert!(!cp.host.is_empty());
 }
@@ -160,7 +160,7 @@ fn safety_events_go_to_the_jsonl_file() {
     assert_eq!(meta.mode() & 0o7777, 0o640);
     assert_eq!(meta.uid(), 0);
     let f = std::fs::File::open(&path).unwrap();
-    assert!(warden::sys::fsattr::is_append_only(f.as_fd()).unwrap());
+    assert!(warden_core::sys::fsattr::is_append_only(f.as_fd()).unwrap());
     // Append-only: no truncating open, even for root.
     assert!(std::fs::OpenOptions::new().write(true).open(&path).is_err());
 

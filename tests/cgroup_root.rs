@@ -1,4 +1,4 @@
-//! Root integration tests of `warden::cgroup` on the real hierarchies of
+//! Root integration tests of `warden_core::cgroup` on the real hierarchies of
 //! this host (hybrid: v1 controllers plus a cgroup2 `unified` mount), as the
 //! hybrid layout, as forced pure v1 (unified ignored), and as pure v2 on the
 //! unified mount. CI runs them as root; without root they fail, they never
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use warden::cgroup::{Cgroup, Layout, Limits, Manager};
+use warden_core::cgroup::{Cgroup, Layout, Limits, Manager};
 
 const MOUNT: &str = "/sys/fs/cgroup";
 const DEADLINE: Duration = Duration::from_secs(10);

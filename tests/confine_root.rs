@@ -5,15 +5,15 @@
 //!
 //! The child is started with `Command::pre_exec`, which runs in the forked
 //! child like the daemon's exec path: no_new_privs, then the child-side
-//! functions of `warden::sys::confine` on data prepared before the fork.
+//! functions of `warden_core::sys::confine` on data prepared before the fork.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use warden::confine::{self, ConfineSpec, Prepared};
-use warden::sys::confine as child;
+use warden_core::confine::{self, ConfineSpec, Prepared};
+use warden_core::sys::confine as child;
 
 /// Which layers the child applies.
 #[derive(Clone, Copy)]
@@ -24,9 +24,8 @@ enum Layers {
 }
 
 fn require_root_and_landlock() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "confine_root tests must run as root"
     );

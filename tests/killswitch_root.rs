@@ -1,4 +1,4 @@
-//! Root integration test of `warden::killswitch::credentials::materialize`:
+//! Root integration test of `warden_daemon::killswitch::credentials::materialize`:
 //! secret files are 0400 and owned by the agent's user, who can read them
 //! while another unprivileged user cannot. CI runs it as root; without root
 //! it fails, it never skips. Everything lives in a temp dir removed on drop.
@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use warden::killswitch::credentials::{materialize, CredentialStore, Kind};
+use warden_daemon::killswitch::credentials::{materialize, CredentialStore, Kind};
 
 /// Runs `cat path` as `uid:gid`; true if it could read the file.
 fn can_read_as(uid: u32, gid: u32, path: &std::path::Path) -> bool {

@@ -365,7 +365,7 @@ fn level_2_cuts_a_live_connection_and_the_agent_keeps_running() {
 #[test]
 fn leftover_links_are_removed_and_none_outlive_the_daemon() {
     let net = subnet();
-    let s: warden::netns::Subnet = net.parse().unwrap();
+    let s: warden_core::netns::Subnet = net.parse().unwrap();
     // Agent tables 0 and 2 are isolated; 1 has no network at all.
     let agents = [
         py_agent("first", "isolated", "import time\ntime.sleep(1000)", 1),

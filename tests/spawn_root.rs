@@ -5,8 +5,8 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use warden::cgroup::{Cgroup, Result as CgResult, Stats};
-use warden::config::Config;
+use warden_core::cgroup::{Cgroup, Result as CgResult, Stats};
+use warden_core::config::Config;
 
 /// A cgroup that joins nothing: these tests look at the process, not the cgroup.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ fn agent(extra: &str, script: &str) -> Config {
 
 /// Runs the agent to completion and returns its stdout.
 fn run(cfg: &Config) -> String {
-    let st = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).expect("spawn");
+    let st = warden_core::spawn::start(&cfg.agents[0], &NoCgroup, &[]).expect("spawn");
     let mut out = String::new();
     std::fs::File::from(st.stdout)
         .read_to_string(&mut out)
@@ -126,7 +126,7 @@ fn child_is_confined() {
     assert!(!out.contains("WARDEN_TEST_SECRET"), "environment leaked");
     assert!(out.contains("ENV:MODEL=small"));
     assert!(out.contains("ENV:WARDEN_AGENT=t"));
-    assert!(out.contains(&format!("ENV:PATH={}", warden::spawn::AGENT_PATH)));
+    assert!(out.contains(&format!("ENV:PATH={}", warden_core::spawn::AGENT_PATH)));
     assert_eq!(status_field(&out, "UMASK="), "0027");
     assert_eq!(status_field(&out, "NOFILE="), "77");
     assert_eq!(status_field(&out, "CWD="), "/");
@@ -151,19 +151,19 @@ fn allow_root_agent_still_has_no_capabilities() {
 fn start_errors_name_the_step() {
     require_root();
     let cfg = agent("user = \"nobody\"\ncwd = \"/nonexistent-dir\"", "true");
-    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
+    let e = warden_core::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
     assert!(
         e.to_string().contains("change to the working directory"),
         "{e}"
     );
     let text = "[[agent]]\nname = \"t\"\ncommand = [\"/nonexistent/bin\"]\nuser = \"nobody\"\n";
     let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
-    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
+    let e = warden_core::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
     assert!(
         e.to_string().contains("execute the command") && e.to_string().contains("No such file"),
         "{e}"
     );
     let cfg = agent("user = \"no-such-user-xyz\"", "true");
-    let e = warden::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
+    let e = warden_core::spawn::start(&cfg.agents[0], &NoCgroup, &[]).unwrap_err();
     assert!(e.to_string().contains("unknown user"), "{e}");
 }

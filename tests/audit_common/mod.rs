@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use serde_json::json;
-use warden::audit::chain::{self, Checkpoint, Host};
-use warden::audit::{store, Audit, AuditOptions, Event, Safety};
-use warden::crypto::KeyPair;
-use warden::sys::fsattr;
+use warden_core::audit::chain::{self, Checkpoint, Host};
+use warden_core::audit::{store, Audit, AuditOptions, Event, Safety};
+use warden_core::crypto::KeyPair;
+use warden_core::sys::fsattr;
 
 /// A temporary directory whose files may carry the append-only flag; the
 /// flag is cleared before the tree is removed.
@@ -166,7 +166,7 @@ pub fn record_halt(audit: &Audit, halt_id: &str) -> String {
         .unwrap();
     let ev = evidence_json();
     let evidence_id = audit.store_evidence(halt_id, &ev).unwrap();
-    let sha = warden::audit::evidence_sha256(&ev);
+    let sha = warden_core::audit::evidence_sha256(&ev);
     audit
         .record(Event {
             kind: "halt".into(),
@@ -221,7 +221,7 @@ pub fn rewrite_and_resign(state: &Path, seq: u64, key: &KeyPair) {
         conn.execute(
             "UPDATE audit_log SET data = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
             rusqlite::params![
-                warden::crypto::canonical_json(&e.data),
+                warden_core::crypto::canonical_json(&e.data),
                 e.prev_hash,
                 e.hash,
                 e.seq as i64

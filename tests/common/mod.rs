@@ -387,7 +387,7 @@ impl Drop for Env {
         unmount_under(self.dir.path());
         // safety_events.jsonl is append-only (FS_APPEND_FL): clear it, or
         // the temporary directory cannot be removed.
-        let _ = warden::sys::fsattr::clear_append_only_tree(self.dir.path());
+        let _ = warden_core::sys::fsattr::clear_append_only_tree(self.dir.path());
         // A process of ours outside any cgroup of ours (should never happen)
         // is still ours: end it by pid.
         for pid in marked_pids(&self.marker) {
