@@ -113,15 +113,15 @@ pub fn run(cgroup_mount: PathBuf, cgroup_root: String, latch: PathBuf) -> i32 {
     if !populated {
         return 0;
     }
-    let (report, _ev) = warden_core::halt::run(
-        agents.as_ref(),
-        &[],
-        "guard",
-        "daemon ended",
-        true,
-        Instant::now(),
-        Duration::from_secs(5),
-    );
+    let (report, _ev) = warden_core::halt::run(&warden_core::halt::Request {
+        scope: agents.as_ref(),
+        members: &[],
+        trigger: "guard",
+        reason: "daemon ended",
+        hard: true,
+        seen_at: Instant::now(),
+        empty_deadline: Duration::from_secs(5),
+    });
     eprintln!(
         "warden guard: daemon ended {}; killed {} agent processes in {} us; survivors {:?}",
         if clean { "cleanly" } else { "uncleanly" },

@@ -172,7 +172,7 @@ impl Daemon {
                                 name,
                                 c,
                                 self.key.clone(),
-                                warden_core::evidence::now_ms(),
+                                warden_core::clock::now_ms(),
                             )
                         })
                 });
@@ -308,15 +308,15 @@ impl Daemon {
             cgroup: cg.as_ref(),
             log: Some(s.log.clone()),
         }];
-        let (report, evidence) = halt::run(
-            cg.as_ref(),
-            &members,
-            trigger,
-            reason,
-            hard,
-            Instant::now(),
-            self.cfg.empty_deadline.0,
-        );
+        let (report, evidence) = halt::run(&halt::Request {
+            scope: cg.as_ref(),
+            members: &members,
+            trigger: trigger,
+            reason: reason,
+            hard: hard,
+            seen_at: Instant::now(),
+            empty_deadline: self.cfg.empty_deadline.0,
+        });
         if let Some(p) = s.machine.state.pid() {
             reap_pid(p, true);
         }

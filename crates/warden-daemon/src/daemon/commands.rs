@@ -99,7 +99,7 @@ impl Daemon {
             Request::CredList => Response::ok(json!({"credentials": self.creds.list()})),
             Request::CredRevoke { id, agent } => self.cred_revoke(id, agent, uid),
             Request::Checkin => {
-                let c = self.oversight.checkin(uid, warden_core::evidence::now_ms());
+                let c = self.oversight.checkin(uid, warden_core::clock::now_ms());
                 Response::ok(json!({"checked_in": c, "next_due_ms": self.oversight.due_ms()}))
             }
             Request::Approvals => self.approvals_list(),
@@ -180,7 +180,7 @@ impl Daemon {
                     &a,
                     &key,
                     &warden_core::authz::host_id(),
-                    warden_core::evidence::now_ms(),
+                    warden_core::clock::now_ms(),
                 )?;
                 warden_core::authz::consume(
                     &self.cfg.state_dir.join("resume-nonces"),

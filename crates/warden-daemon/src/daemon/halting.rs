@@ -54,15 +54,15 @@ impl Daemon {
                 })
             })
             .collect();
-        let (report, evidence) = halt::run(
-            scope.as_ref(),
-            &members,
-            trigger,
-            reason,
-            true,
-            t0,
-            self.cfg.empty_deadline.0,
-        );
+        let (report, evidence) = halt::run(&halt::Request {
+            scope: scope.as_ref(),
+            members: &members,
+            trigger: trigger,
+            reason: reason,
+            hard: true,
+            seen_at: t0,
+            empty_deadline: self.cfg.empty_deadline.0,
+        });
         drop(members);
         // Latch first: from here on a crash still comes back halted.
         let latch = Latch::new(trigger, reason, Some(report.id.clone()), uid);

@@ -45,7 +45,7 @@ impl Daemon {
             if let Some(b) = self.check_oversight() {
                 self.breach(b, now);
             }
-            if let Err(e) = self.twophase.expire(warden_core::evidence::now_ms()) {
+            if let Err(e) = self.twophase.expire(warden_core::clock::now_ms()) {
                 tracing::error!("cannot persist expired kill authorizations: {e}");
             }
         }
@@ -84,15 +84,15 @@ impl Daemon {
         if self.pending_survivors {
             let scope = self.cg.agents();
             if scope.populated().unwrap_or(true) {
-                let (report, evidence) = halt::run(
-                    scope.as_ref(),
-                    &[],
-                    "retry",
-                    "survivors of an earlier halt",
-                    true,
-                    now,
-                    self.cfg.empty_deadline.0,
-                );
+                let (report, evidence) = halt::run(&halt::Request {
+                    scope: scope.as_ref(),
+                    members: &[],
+                    trigger: "retry",
+                    reason: "survivors of an earlier halt",
+                    hard: true,
+                    seen_at: now,
+                    empty_deadline: self.cfg.empty_deadline.0,
+                });
                 self.pending_survivors = !report.complete();
                 self.seal_halt(&report, &evidence, None);
             } else {
@@ -190,7 +190,7 @@ impl Daemon {
         if matches!(self.mode, Mode::Safe(_)) {
             return Vec::new();
         }
-        let now_ms = warden_core::evidence::now_ms();
+        let now_ms = warden_core::clock::now_ms();
         self.slots
             .iter()
             .filter(|(_, s)| matches!(s.machine.state, State::Running { .. }) && !s.frozen)
@@ -208,7 +208,7 @@ impl Daemon {
         if matches!(self.mode, Mode::Safe(_)) {
             return None;
         }
-        self.oversight.check(warden_core::evidence::now_ms())
+        self.oversight.check(warden_core::clock::now_ms())
     }
 
     /// Every health check that gates the watchdog pings.

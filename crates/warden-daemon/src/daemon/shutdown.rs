@@ -41,15 +41,21 @@ impl Daemon {
         if self.cg.agents().populated().unwrap_or(false) {
             let t0 = Instant::now();
             let scope = self.cg.agents();
-            let (report, evidence) = halt::run(
-                scope.as_ref(),
-                &[],
-                "exit",
-                "daemon exiting",
-                true,
-                t0,
-                self.cfg.empty_deadline.0,
-            );
+            let (report, evidence) = halt::run(&halt::Request {
+                scope: scope.as_ref(),
+
+                members: &[],
+
+                trigger: "exit",
+
+                reason: "daemon exiting",
+
+                hard: true,
+
+                seen_at: t0,
+
+                empty_deadline: self.cfg.empty_deadline.0,
+            });
             self.seal_halt(&report, &evidence, None);
         }
         for s in self.slots.values_mut() {

@@ -195,7 +195,7 @@ impl Daemon {
             })?;
         let oversight = OversightWatch::new(
             cfg.oversight_timeout.map(|d| d.0),
-            warden_core::evidence::now_ms(),
+            warden_core::clock::now_ms(),
         );
         let ks_dir = cfg.state_dir.join("killswitch");
         make_dir(&ks_dir, 0o700)?;
@@ -313,15 +313,15 @@ impl Daemon {
             })
             .collect();
         let agents = self.cg.agents();
-        let (report, evidence) = halt::run(
-            agents.as_ref(),
-            &members,
-            "startup",
-            "leftover agent cgroups from an earlier run",
-            true,
-            Instant::now(),
-            self.cfg.empty_deadline.0,
-        );
+        let (report, evidence) = halt::run(&halt::Request {
+            scope: agents.as_ref(),
+            members: &members,
+            trigger: "startup",
+            reason: "leftover agent cgroups from an earlier run",
+            hard: true,
+            seen_at: Instant::now(),
+            empty_deadline: self.cfg.empty_deadline.0,
+        });
         for (_, c) in &cgs {
             if let Err(e) = c.remove() {
                 tracing::warn!("{e}");
