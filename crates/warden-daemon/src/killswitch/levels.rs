@@ -385,7 +385,7 @@ mod tests {
             Some(Level::Kill)
         );
         let actions = |s: &str| {
-            Plan::new(Target::All, r(s).unwrap())
+            Plan::new(Target::All, range(s).unwrap())
                 .steps
                 .iter()
                 .map(|s| s.action)
