@@ -311,9 +311,9 @@ impl Daemon {
         let (report, evidence) = halt::run(&halt::Request {
             scope: cg.as_ref(),
             members: &members,
-            trigger: trigger,
-            reason: reason,
-            hard: hard,
+            trigger,
+            reason,
+            hard,
             seen_at: Instant::now(),
             empty_deadline: self.cfg.empty_deadline.0,
         });

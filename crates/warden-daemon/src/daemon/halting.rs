@@ -57,8 +57,8 @@ impl Daemon {
         let (report, evidence) = halt::run(&halt::Request {
             scope: scope.as_ref(),
             members: &members,
-            trigger: trigger,
-            reason: reason,
+            trigger,
+            reason,
             hard: true,
             seen_at: t0,
             empty_deadline: self.cfg.empty_deadline.0,
