@@ -135,14 +135,20 @@ impl StopFile {
             match self.ino.read_events() {
                 Ok(evs) if !evs.is_empty() => {
                     for e in evs {
-                        let dropped = e.mask.intersects(
-                            F::IN_Q_OVERFLOW | F::IN_IGNORED | F::IN_DELETE_SELF | F::IN_MOVE_SELF,
-                        );
-                        let on_parent = self.wds.first() == Some(&e.wd);
                         if e.mask.contains(F::IN_Q_OVERFLOW) {
                             crate::log!("inotify queue overflow: re-checking the stop file and re-arming");
+                            rearm = true;
                         }
-                        rearm |= dropped || on_parent;
+                        // Events of watches we removed ourselves (their
+                        // IN_IGNORED) are not news: re-arming on them
+                        // would loop forever.
+                        let Some(i) = self.wds.iter().position(|w| *w == e.wd) else {
+                            continue;
+                        };
+                        let dropped = e.mask.intersects(F::IN_IGNORED | F::IN_DELETE_SELF | F::IN_MOVE_SELF);
+                        // On the parent, only our directory's own name matters.
+                        let ours = i == 0 && e.name.as_deref() == self.dir.file_name();
+                        rearm |= dropped || ours;
                     }
                 }
                 Ok(_) | Err(Errno::EAGAIN) => break,
@@ -200,6 +206,15 @@ mod tests {
         std::os::unix::fs::symlink(&other, &dir).unwrap();
         assert!(s.on_readable().present);
         assert!(s.check().present);
+        // Back to a real directory: re-arming settles (the IN_IGNORED of
+        // our own rm_watch must not re-arm again, forever).
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(s.on_readable(), Check { present: false, armed: true });
+        s.on_readable();
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(s.fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0, "inotify keeps firing");
     }
 
     #[test]
