@@ -57,7 +57,10 @@ pub fn parse<I: Iterator<Item = OsString>>(mut it: I) -> Result<Config, String> 
             if p.is_absolute() {
                 Ok(p)
             } else {
-                Err(format!("argument {flag}: {} is not an absolute path", p.display()))
+                Err(format!(
+                    "argument {flag}: {} is not an absolute path",
+                    p.display()
+                ))
             }
         };
         let number = |v: OsString, min: u64, max: u64| -> Result<u64, String> {
@@ -88,7 +91,9 @@ pub fn parse<I: Iterator<Item = OsString>>(mut it: I) -> Result<Config, String> 
         ));
     }
     if v2.is_empty() && v1_freezer.is_empty() {
-        return Err("argument --v2 or --v1-freezer is required (the agents' parent cgroups)".into());
+        return Err(
+            "argument --v2 or --v1-freezer is required (the agents' parent cgroups)".into(),
+        );
     }
     Ok(Config {
         stop_file,
@@ -114,9 +119,11 @@ mod tests {
 
     #[test]
     fn full_command_line() {
-        let c = p("--stop-file /s/STOP --latch /l --report-dir /r --v2 /a --v2 /b \
+        let c = p(
+            "--stop-file /s/STOP --latch /l --report-dir /r --v2 /a --v2 /b \
                    --v1-freezer /f --liveness-timeout-ms 400 --deadline-ms 900 \
-                   --watchdog /dev/watchdog --watchdog-interval-ms 100 --rt-priority 20")
+                   --watchdog /dev/watchdog --watchdog-interval-ms 100 --rt-priority 20",
+        )
         .unwrap();
         assert_eq!(c.v2.len(), 2);
         assert_eq!(c.v1_freezer, vec![PathBuf::from("/f")]);
@@ -142,10 +149,22 @@ mod tests {
             ("--stop-file /s/STOP --report-dir /r --v2 /a", "--latch"),
             ("--stop-file /s/STOP --latch /l --v2 /a", "--report-dir"),
             ("--stop-file /s/STOP --latch /l --report-dir /r", "--v2"),
-            ("--stop-file s --latch /l --report-dir /r --v2 /a", "--stop-file"),
-            ("--stop-file /STOP --latch /l --report-dir /r --v2 /a", "--stop-file"),
-            ("--stop-file /s/S --latch /l --report-dir /r --v2 /a --deadline-ms x", "--deadline-ms"),
-            ("--stop-file /s/S --latch /l --report-dir /r --v2 /a --rt-priority 0", "--rt-priority"),
+            (
+                "--stop-file s --latch /l --report-dir /r --v2 /a",
+                "--stop-file",
+            ),
+            (
+                "--stop-file /STOP --latch /l --report-dir /r --v2 /a",
+                "--stop-file",
+            ),
+            (
+                "--stop-file /s/S --latch /l --report-dir /r --v2 /a --deadline-ms x",
+                "--deadline-ms",
+            ),
+            (
+                "--stop-file /s/S --latch /l --report-dir /r --v2 /a --rt-priority 0",
+                "--rt-priority",
+            ),
             ("--stop-file /s/S --latch /l --report-dir /r --v2", "--v2"),
             ("--bogus", "--bogus"),
         ] {

@@ -28,7 +28,8 @@ pub struct Tree {
 }
 
 fn write(path: &Path, data: &str) -> Result<(), String> {
-    std::fs::write(path, data).map_err(|e| format!("failed to write {data} to {}: {e}", path.display()))
+    std::fs::write(path, data)
+        .map_err(|e| format!("failed to write {data} to {}: {e}", path.display()))
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -42,7 +43,8 @@ fn subtree(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut depth = vec![0usize];
     while i < out.len() {
         if depth[i] < MAX_DEPTH {
-            let rd = std::fs::read_dir(&out[i]).map_err(|e| format!("failed to list {}: {e}", out[i].display()))?;
+            let rd = std::fs::read_dir(&out[i])
+                .map_err(|e| format!("failed to list {}: {e}", out[i].display()))?;
             for ent in rd.flatten() {
                 if ent.file_type().is_ok_and(|t| t.is_dir()) {
                     out.push(ent.path());
@@ -90,16 +92,24 @@ impl Tree {
     /// Freezes the parents (see the module doc for which). Returns errors.
     pub fn freeze(&self) -> Vec<String> {
         if self.v2.is_empty() {
-            self.v1.iter().filter_map(|d| write(&d.join("freezer.state"), "FROZEN").err()).collect()
+            self.v1
+                .iter()
+                .filter_map(|d| write(&d.join("freezer.state"), "FROZEN").err())
+                .collect()
         } else {
-            self.v2.iter().filter_map(|d| write(&d.join("cgroup.freeze"), "1").err()).collect()
+            self.v2
+                .iter()
+                .filter_map(|d| write(&d.join("cgroup.freeze"), "1").err())
+                .collect()
         }
     }
 
     /// True when every parent that [`Tree::freeze`] writes reports frozen.
     pub fn frozen(&self) -> bool {
         if self.v2.is_empty() {
-            self.v1.iter().all(|d| read(&d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN"))
+            self.v1
+                .iter()
+                .all(|d| read(&d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN"))
         } else {
             self.v2.iter().all(|d| events(d, "frozen") == Ok(true))
         }
@@ -109,10 +119,17 @@ impl Tree {
     /// parents (a v1 child frozen by itself stays frozen when only its
     /// parent thaws, and its members' pending SIGKILL with it).
     pub fn thaw(&self) -> Vec<String> {
-        let mut errs: Vec<String> = self.v2.iter().filter_map(|d| write(&d.join("cgroup.freeze"), "0").err()).collect();
+        let mut errs: Vec<String> = self
+            .v2
+            .iter()
+            .filter_map(|d| write(&d.join("cgroup.freeze"), "0").err())
+            .collect();
         for d in &self.v1 {
             match subtree(d) {
-                Ok(cgs) => errs.extend(cgs.iter().filter_map(|c| write(&c.join("freezer.state"), "THAWED").err())),
+                Ok(cgs) => errs.extend(
+                    cgs.iter()
+                        .filter_map(|c| write(&c.join("freezer.state"), "THAWED").err()),
+                ),
                 Err(e) => errs.push(e),
             }
         }
@@ -189,8 +206,18 @@ mod tests {
         let v2 = d.path().join("v2");
         let v1 = d.path().join("v1");
         for (dir, files) in [
-            (&v2, &[("cgroup.freeze", "0"), ("cgroup.events", "populated 0\nfrozen 0\n"), ("cgroup.procs", "")][..]),
-            (&v1, &[("freezer.state", "THAWED"), ("cgroup.procs", "")][..]),
+            (
+                &v2,
+                &[
+                    ("cgroup.freeze", "0"),
+                    ("cgroup.events", "populated 0\nfrozen 0\n"),
+                    ("cgroup.procs", ""),
+                ][..],
+            ),
+            (
+                &v1,
+                &[("freezer.state", "THAWED"), ("cgroup.procs", "")][..],
+            ),
         ] {
             std::fs::create_dir_all(dir.join("agent.a")).unwrap();
             for (f, c) in files {
@@ -198,22 +225,46 @@ mod tests {
                 std::fs::write(dir.join("agent.a").join(f), c).unwrap();
             }
         }
-        (d, Tree { v2: vec![v2], v1: vec![v1] })
+        (
+            d,
+            Tree {
+                v2: vec![v2],
+                v1: vec![v1],
+            },
+        )
     }
 
     #[test]
     fn freeze_prefers_v2_and_thaw_reaches_v1_children() {
         let (_d, t) = fake();
         assert!(t.freeze().is_empty());
-        assert_eq!(std::fs::read_to_string(t.v2[0].join("cgroup.freeze")).unwrap(), "1");
-        assert_eq!(std::fs::read_to_string(t.v1[0].join("freezer.state")).unwrap(), "THAWED");
+        assert_eq!(
+            std::fs::read_to_string(t.v2[0].join("cgroup.freeze")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.v1[0].join("freezer.state")).unwrap(),
+            "THAWED"
+        );
         std::fs::write(t.v1[0].join("agent.a/freezer.state"), "FROZEN").unwrap();
         assert!(t.thaw().is_empty());
-        assert_eq!(std::fs::read_to_string(t.v2[0].join("cgroup.freeze")).unwrap(), "0");
-        assert_eq!(std::fs::read_to_string(t.v1[0].join("agent.a/freezer.state")).unwrap(), "THAWED");
-        let v1only = Tree { v2: vec![], v1: t.v1.clone() };
+        assert_eq!(
+            std::fs::read_to_string(t.v2[0].join("cgroup.freeze")).unwrap(),
+            "0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.v1[0].join("agent.a/freezer.state")).unwrap(),
+            "THAWED"
+        );
+        let v1only = Tree {
+            v2: vec![],
+            v1: t.v1.clone(),
+        };
         assert!(v1only.freeze().is_empty());
-        assert_eq!(std::fs::read_to_string(t.v1[0].join("freezer.state")).unwrap(), "FROZEN");
+        assert_eq!(
+            std::fs::read_to_string(t.v1[0].join("freezer.state")).unwrap(),
+            "FROZEN"
+        );
         assert!(v1only.frozen());
     }
 
@@ -228,7 +279,13 @@ mod tests {
         std::fs::write(t.v2[0].join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
         assert_eq!(t.populated(), Ok(true));
         assert!(t.frozen());
-        let gone = Tree { v2: vec![PathBuf::from("/nonexistent/x")], v1: vec![] };
-        assert!(gone.populated().unwrap_err().contains("/nonexistent/x/cgroup.events"));
+        let gone = Tree {
+            v2: vec![PathBuf::from("/nonexistent/x")],
+            v1: vec![],
+        };
+        assert!(gone
+            .populated()
+            .unwrap_err()
+            .contains("/nonexistent/x/cgroup.events"));
     }
 }

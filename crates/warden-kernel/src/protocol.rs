@@ -158,7 +158,13 @@ impl LineReader {
 fn printable(b: &[u8]) -> String {
     b.iter()
         .take(64)
-        .map(|&c| if (0x20..0x7f).contains(&c) { c as char } else { '?' })
+        .map(|&c| {
+            if (0x20..0x7f).contains(&c) {
+                c as char
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

@@ -43,6 +43,9 @@ pub struct Record {
     pub t0: Instant,
     /// Trigger seen → frozen confirmed.
     pub frozen_us: Option<u64>,
+    /// The first freeze waited for its confirmation (once per halt: the
+    /// retries of a kill do not wait again).
+    pub confirm_waited: bool,
     /// Trigger seen → first kill issued.
     pub killed_us: Option<u64>,
     /// Trigger seen → tree verified empty.
@@ -72,6 +75,7 @@ impl Record {
             seen_at_ms: now_ms(),
             t0: Instant::now(),
             frozen_us: None,
+            confirm_waited: false,
             killed_us: None,
             empty_us: None,
             processes: Vec::new(),
@@ -129,9 +133,9 @@ impl Record {
         }
         let list = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
         let errors: Vec<String> = self.errors.iter().map(|e| json_str(e)).collect();
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "],\"processes_total\":{},\"processes_omitted\":{},\"survivors\":[{}],\"complete\":{complete},\"errors\":[{}]}}\n",
+            "],\"processes_total\":{},\"processes_omitted\":{},\"survivors\":[{}],\"complete\":{complete},\"errors\":[{}]}}",
             self.processes_total,
             self.processes_total - self.processes.len(),
             list(survivors),
@@ -241,7 +245,7 @@ mod tests {
         assert_eq!(v["trigger"], "stop_file");
         assert_eq!(v["processes"][0]["pid"], me);
         assert_eq!(v["processes"].as_array().unwrap().len(), 1);
-        assert!(v["processes"][0]["cmdline"].as_str().unwrap().len() > 0);
+        assert!(!v["processes"][0]["cmdline"].as_str().unwrap().is_empty());
         assert_eq!(v["survivors"][0], me);
         assert_eq!(v["complete"], false);
         assert_eq!(v["timings_us"]["frozen"], 5);
@@ -251,7 +255,12 @@ mod tests {
         let a = write(d.path(), "{}", &mut n).unwrap();
         let b = write(d.path(), "{}", &mut n).unwrap();
         assert_ne!(a, b);
-        assert!(a.file_name().unwrap().to_str().unwrap().starts_with("kernel-report-"));
+        assert!(a
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("kernel-report-"));
     }
 
     #[test]

@@ -89,13 +89,21 @@ pub fn run(cfg: Config) -> i32 {
         None => None,
         Some(Ok(w)) => Some(w),
         Some(Err(e)) => {
-            log!("cannot open watchdog {}: {e}", cfg.watchdog.as_ref().map_or(String::new(), |p| p.display().to_string()));
+            log!(
+                "cannot open watchdog {}: {e}",
+                cfg.watchdog
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            );
             return 1;
         }
     };
     let latched = crate::latch::exists(&cfg.latch);
     if latched {
-        log!("SAFE MODE latch {} is set: starting halted", cfg.latch.display());
+        log!(
+            "SAFE MODE latch {} is set: starting halted",
+            cfg.latch.display()
+        );
     }
     let now = Instant::now();
     let mut k = Kernel {
@@ -199,12 +207,20 @@ impl Kernel {
                 });
                 let e = self.observed();
                 self.feed(e);
-                let every = if matches!(self.state.phase, Phase::Killing(_)) { CHECK_KILLING } else { CHECK };
+                let every = if matches!(self.state.phase, Phase::Killing(_)) {
+                    CHECK_KILLING
+                } else {
+                    CHECK
+                };
                 self.next_check = now + every;
             }
-            if self.stdin_open && !self.silent && now >= self.last_line + self.cfg.liveness_timeout {
+            if self.stdin_open && !self.silent && now >= self.last_line + self.cfg.liveness_timeout
+            {
                 self.silent = true;
-                log!("no line from the daemon for {} ms", self.cfg.liveness_timeout.as_millis());
+                log!(
+                    "no line from the daemon for {} ms",
+                    self.cfg.liveness_timeout.as_millis()
+                );
                 self.feed(Event::Silence);
             }
             if self.deadline.is_some_and(|d| now >= d) {
@@ -262,7 +278,11 @@ impl Kernel {
             log!("cannot read the agents' cgroups: {e}");
         }
         if r == Ok(false) {
-            if let Some(rec) = self.record.as_mut().filter(|r| r.killed_us.is_some() && r.empty_us.is_none()) {
+            if let Some(rec) = self
+                .record
+                .as_mut()
+                .filter(|r| r.killed_us.is_some() && r.empty_us.is_none())
+            {
                 rec.empty_us = Some(rec.since_us());
             }
         }
@@ -307,7 +327,8 @@ impl Kernel {
             Action::Freeze => {
                 let errs = self.tree.freeze();
                 self.errors("freeze", errs);
-                if let Some(rec) = self.record.as_mut().filter(|r| r.frozen_us.is_none()) {
+                if let Some(rec) = self.record.as_mut().filter(|r| !r.confirm_waited) {
+                    rec.confirm_waited = true;
                     let until = Instant::now() + FREEZE_CONFIRM;
                     while !self.tree.frozen() && Instant::now() < until {
                         std::thread::sleep(Duration::from_micros(500));
@@ -323,16 +344,31 @@ impl Kernel {
                 }
             }
             Action::Notify(r) => {
-                let us = self.record.as_ref().map_or(0, |rec| rec.frozen_us.unwrap_or_else(|| rec.since_us()));
+                let us = self
+                    .record
+                    .as_ref()
+                    .map_or(0, |rec| rec.frozen_us.unwrap_or_else(|| rec.since_us()));
                 self.send(&r, &us.to_string());
             }
             Action::Latch { trigger, halt_id } => {
-                let json = crate::latch::encode(trigger.latch_name(), trigger.reason(), halt_id.as_deref(), crate::report::now_ms());
+                let json = crate::latch::encode(
+                    trigger.latch_name(),
+                    trigger.reason(),
+                    halt_id.as_deref(),
+                    crate::report::now_ms(),
+                );
                 match crate::latch::set_if_absent(&self.cfg.latch, &json) {
-                    Ok(true) => log!("SAFE MODE latch {} set: {}", self.cfg.latch.display(), trigger.latch_name()),
+                    Ok(true) => log!(
+                        "SAFE MODE latch {} set: {}",
+                        self.cfg.latch.display(),
+                        trigger.latch_name()
+                    ),
                     Ok(false) => {}
                     Err(e) => {
-                        let e = format!("cannot write SAFE MODE latch {}: {e}", self.cfg.latch.display());
+                        let e = format!(
+                            "cannot write SAFE MODE latch {}: {e}",
+                            self.cfg.latch.display()
+                        );
                         self.errors("latch", vec![e]);
                     }
                 }
@@ -378,8 +414,14 @@ impl Kernel {
     }
 
     fn report(&mut self, complete: bool) {
-        let Some(rec) = self.record.take() else { return };
-        let survivors = if complete { vec![] } else { self.tree.pids().unwrap_or_default() };
+        let Some(rec) = self.record.take() else {
+            return;
+        };
+        let survivors = if complete {
+            vec![]
+        } else {
+            self.tree.pids().unwrap_or_default()
+        };
         if !complete {
             log!(
                 "HALT INCOMPLETE: {} survivors after {} ms: {survivors:?}",
@@ -399,7 +441,10 @@ impl Kernel {
                 self.send(&Reply::Killed, &p.to_string_lossy());
             }
             Err(e) => {
-                log!("cannot write report into {}: {e}; the report follows", self.cfg.report_dir.display());
+                log!(
+                    "cannot write report into {}: {e}; the report follows",
+                    self.cfg.report_dir.display()
+                );
                 log!("{}", json.trim_end());
                 self.send(&Reply::Killed, "-");
             }

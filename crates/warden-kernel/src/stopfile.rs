@@ -93,7 +93,8 @@ impl StopFile {
             | F::IN_MOVE_SELF
             | F::IN_ONLYDIR
             | F::IN_DONT_FOLLOW;
-        let parent_mask = F::IN_CREATE | F::IN_MOVED_TO | F::IN_MOVED_FROM | F::IN_DELETE | F::IN_ONLYDIR;
+        let parent_mask =
+            F::IN_CREATE | F::IN_MOVED_TO | F::IN_MOVED_FROM | F::IN_DELETE | F::IN_ONLYDIR;
         let r = self.ino.add_watch(&self.parent, parent_mask).and_then(|p| {
             self.wds.push(p);
             // IN_DONT_FOLLOW | IN_ONLYDIR: a symlink in place of the
@@ -114,7 +115,9 @@ impl StopFile {
                     self.wds.push(wd);
                 }
                 if !self.said_unarmed {
-                    let why = r.err().map_or("not a real directory".to_string(), |e| e.to_string());
+                    let why = r
+                        .err()
+                        .map_or("not a real directory".to_string(), |e| e.to_string());
                     crate::log!(
                         "cannot watch stop file directory {} ({why}): treating the stop file as present",
                         self.dir.display()
@@ -136,7 +139,9 @@ impl StopFile {
                 Ok(evs) if !evs.is_empty() => {
                     for e in evs {
                         if e.mask.contains(F::IN_Q_OVERFLOW) {
-                            crate::log!("inotify queue overflow: re-checking the stop file and re-arming");
+                            crate::log!(
+                                "inotify queue overflow: re-checking the stop file and re-arming"
+                            );
                             rearm = true;
                         }
                         // Events of watches we removed ourselves (their
@@ -145,7 +150,9 @@ impl StopFile {
                         let Some(i) = self.wds.iter().position(|w| *w == e.wd) else {
                             continue;
                         };
-                        let dropped = e.mask.intersects(F::IN_IGNORED | F::IN_DELETE_SELF | F::IN_MOVE_SELF);
+                        let dropped = e
+                            .mask
+                            .intersects(F::IN_IGNORED | F::IN_DELETE_SELF | F::IN_MOVE_SELF);
                         // On the parent, only our directory's own name matters.
                         let ours = i == 0 && e.name.as_deref() == self.dir.file_name();
                         rearm |= dropped || ours;
@@ -188,17 +195,41 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let stop = dir.join("STOP");
         let mut s = StopFile::new(&stop).unwrap();
-        assert_eq!(s.check(), Check { present: false, armed: true });
+        assert_eq!(
+            s.check(),
+            Check {
+                present: false,
+                armed: true
+            }
+        );
         std::fs::write(&stop, b"").unwrap();
         assert!(s.on_readable().present);
         std::fs::remove_file(&stop).unwrap();
-        assert_eq!(s.on_readable(), Check { present: false, armed: true });
+        assert_eq!(
+            s.on_readable(),
+            Check {
+                present: false,
+                armed: true
+            }
+        );
         // Directory removed: present, unarmed.
         std::fs::remove_dir(&dir).unwrap();
-        assert_eq!(s.on_readable(), Check { present: true, armed: false });
+        assert_eq!(
+            s.on_readable(),
+            Check {
+                present: true,
+                armed: false
+            }
+        );
         // Back again: absent, armed.
         std::fs::create_dir(&dir).unwrap();
-        assert_eq!(s.check(), Check { present: false, armed: true });
+        assert_eq!(
+            s.check(),
+            Check {
+                present: false,
+                armed: true
+            }
+        );
         // Replaced by a symlink to an empty directory: present.
         std::fs::remove_dir(&dir).unwrap();
         let other = d.path().join("other");
@@ -210,17 +241,33 @@ mod tests {
         // our own rm_watch must not re-arm again, forever).
         std::fs::remove_file(&dir).unwrap();
         std::fs::create_dir(&dir).unwrap();
-        assert_eq!(s.on_readable(), Check { present: false, armed: true });
+        assert_eq!(
+            s.on_readable(),
+            Check {
+                present: false,
+                armed: true
+            }
+        );
         s.on_readable();
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let mut fds = [PollFd::new(s.fd(), PollFlags::POLLIN)];
-        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0, "inotify keeps firing");
+        assert_eq!(
+            poll(&mut fds, PollTimeout::ZERO).unwrap(),
+            0,
+            "inotify keeps firing"
+        );
     }
 
     #[test]
     fn missing_directory_at_start_is_present() {
         let d = tempfile::tempdir().unwrap();
         let mut s = StopFile::new(&d.path().join("nope/STOP")).unwrap();
-        assert_eq!(s.check(), Check { present: true, armed: false });
+        assert_eq!(
+            s.check(),
+            Check {
+                present: true,
+                armed: false
+            }
+        );
     }
 }

@@ -32,9 +32,8 @@ pub fn set_fifo(priority: i32) -> io::Result<()> {
     };
     // SAFETY: pid 0 is the calling thread; `p` is a valid, initialised
     // sched_param that outlives the call, and the kernel only reads it.
-    let r = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p)
-    };
+    let r =
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) };
     if r == 0 {
         Ok(())
     } else {

@@ -27,10 +27,14 @@ fn layout() -> (Option<PathBuf>, Option<PathBuf>) {
     let v2 = root.join("unified");
     let v1 = root.join("freezer");
     let v2 = v2.join("cgroup.procs").exists().then_some(v2);
-    let v1 = v1.join("freezer.state").exists().then(|| v1.clone()).or_else(|| {
-        // The v1 freezer root has no freezer.state; its mount has tasks.
-        v1.join("tasks").exists().then_some(v1)
-    });
+    let v1 = v1
+        .join("freezer.state")
+        .exists()
+        .then(|| v1.clone())
+        .or_else(|| {
+            // The v1 freezer root has no freezer.state; its mount has tasks.
+            v1.join("tasks").exists().then_some(v1)
+        });
     assert!(
         v2.is_some() || v1.is_some(),
         "no cgroup2 mount and no v1 freezer: these tests need real cgroups (run as root)"
@@ -113,7 +117,11 @@ impl World {
     /// nested shell with one more).
     fn new() -> World {
         let (v2, v1) = layout();
-        let name = format!("warden-ktest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "warden-ktest-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
         let mut w = World {
             roots: vec![],
             v2_parent: None,
@@ -150,7 +158,9 @@ impl World {
         }
         w.children.push(cmd.stdin(Stdio::null()).spawn().unwrap());
         let agent = w.agents[0].clone();
-        wait_for("agents to start", Duration::from_secs(5), || pids_under(&agent).len() >= 5);
+        wait_for("agents to start", Duration::from_secs(5), || {
+            pids_under(&agent).len() >= 5
+        });
         w
     }
 
@@ -287,7 +297,10 @@ impl World {
             if let Some(st) = k.try_wait().unwrap() {
                 return st.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < until, "kernel did not exit within {secs} s");
+            assert!(
+                Instant::now() < until,
+                "kernel did not exit within {secs} s"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -300,10 +313,16 @@ impl World {
     fn check_report(&self, line: &str, trigger: &str, pids: &[i32]) -> serde_json::Value {
         let path = line.strip_prefix("killed ").unwrap();
         assert!(path.starts_with(self.tmp.path().join("reports").to_str().unwrap()));
-        let v: serde_json::Value = serde_json::from_str(&read(Path::new(path))).expect("report is JSON");
+        let v: serde_json::Value =
+            serde_json::from_str(&read(Path::new(path))).expect("report is JSON");
         assert_eq!(v["trigger"], trigger);
         assert_eq!(v["complete"], true, "{v}");
-        let got: Vec<i64> = v["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+        let got: Vec<i64> = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_i64().unwrap())
+            .collect();
         for p in pids {
             assert!(got.contains(&i64::from(*p)), "pid {p} missing from {v}");
         }
@@ -324,7 +343,10 @@ impl Drop for World {
             let _ = k.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- kernel log ---\n{}", read(&self.tmp.path().join("kernel.log")));
+            eprintln!(
+                "--- kernel log ---\n{}",
+                read(&self.tmp.path().join("kernel.log"))
+            );
         }
         // Kill by cgroup: v2 cgroup.kill; v1 thaw, SIGKILL every pid; repeat.
         let until = Instant::now() + Duration::from_secs(10);
@@ -342,7 +364,9 @@ impl Drop for World {
                 let _ = std::fs::write(r.join("cgroup.kill"), "1");
                 for p in pids_under(r) {
                     left += 1;
-                    let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &p.to_string()])
+                        .status();
                 }
             }
             if left == 0 || Instant::now() > until {
@@ -381,10 +405,16 @@ fn stop_file_freezes_then_kills_after_the_deadline() {
     let seen = t.elapsed();
     assert!(line.starts_with("frozen stop_file "), "{line}");
     assert!(w.frozen(), "parent not frozen after {line}");
-    eprintln!("stop file -> frozen: {} us in the kernel, {seen:?} seen by the test", frozen_us(&line));
+    eprintln!(
+        "stop file -> frozen: {} us in the kernel, {seen:?} seen by the test",
+        frozen_us(&line)
+    );
     // No `empty` from us: the kernel kills after the deadline.
     let killed = w.expect("killed", DEADLINE_MS / 1000 + 5);
-    assert!(t.elapsed() >= Duration::from_millis(DEADLINE_MS), "killed before the deadline");
+    assert!(
+        t.elapsed() >= Duration::from_millis(DEADLINE_MS),
+        "killed before the deadline"
+    );
     wait_for("empty agent cgroup", Duration::from_secs(2), || w.empty());
     w.check_report(&killed, "stop_file", &pids);
     assert_eq!(w.latch_json()["trigger"], "stop_file");
@@ -442,9 +472,14 @@ fn daemon_halt_then_empty_needs_no_kernel_kill() {
         Some(_) => write(&w.agents[0].join("cgroup.kill"), "1"),
         None => {
             for p in w.agent_pids() {
-                let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
             }
-            write(&w.v1_parent.as_ref().unwrap().join("freezer.state"), "THAWED");
+            write(
+                &w.v1_parent.as_ref().unwrap().join("freezer.state"),
+                "THAWED",
+            );
         }
     }
     wait_for("empty agent cgroup", Duration::from_secs(2), || w.empty());
@@ -491,7 +526,9 @@ fn clean_with_nothing_running_exits_zero() {
         Some(_) => write(&w.agents[0].join("cgroup.kill"), "1"),
         None => {
             for p in w.agent_pids() {
-                let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
             }
         }
     }
@@ -510,7 +547,8 @@ fn existing_latch_is_not_overwritten() {
     let pids = w.agent_pids();
     w.start(true);
     // The daemon latched first (`warden halt` from the CLI).
-    let cli = r#"{"version":1,"trigger":"cli","reason":"operator","halt_id":null,"set_at_ms":1,"uid":0}"#;
+    let cli =
+        r#"{"version":1,"trigger":"cli","reason":"operator","halt_id":null,"set_at_ms":1,"uid":0}"#;
     write(&w.latch(), cli);
     write(&w.stop_file(), "");
     assert!(w.expect("frozen", 3).starts_with("frozen stop_file"));
@@ -523,7 +561,8 @@ fn existing_latch_is_not_overwritten() {
 fn latched_at_start_kills_agents_until_resume() {
     let mut w = World::new();
     let pids = w.agent_pids();
-    let cli = r#"{"version":1,"trigger":"cli","reason":"operator","halt_id":null,"set_at_ms":1,"uid":0}"#;
+    let cli =
+        r#"{"version":1,"trigger":"cli","reason":"operator","halt_id":null,"set_at_ms":1,"uid":0}"#;
     write(&w.latch(), cli);
     w.start(true);
     let line = w.expect("frozen", 3);

@@ -279,7 +279,15 @@ fn watchdog_pings_only_when_all_is_well() {
     .0;
     assert!(step(s, Event::WatchdogDue).1.is_empty());
     // Halted but healthy: keep pinging (a reset would not help).
-    let halted = run(up(), &[msg(Msg::Halt("h".into())), msg(Msg::Empty("h".into())), EMPTY]).0;
+    let halted = run(
+        up(),
+        &[
+            msg(Msg::Halt("h".into())),
+            msg(Msg::Empty("h".into())),
+            EMPTY,
+        ],
+    )
+    .0;
     assert_eq!(halted.phase, Phase::Halted { survivors: false });
     assert_eq!(step(halted, Event::WatchdogDue).1, vec![Ping]);
 }
@@ -297,8 +305,12 @@ fn any_event() -> impl Strategy<Value = Event> {
         Just(Event::Silence),
         (any::<bool>(), prop::bool::weighted(0.9))
             .prop_map(|(present, armed)| Event::StopFile { present, armed }),
-        (any::<bool>(), prop::bool::weighted(0.9))
-            .prop_map(|(populated, readable)| Event::Observed { populated, readable }),
+        (any::<bool>(), prop::bool::weighted(0.9)).prop_map(|(populated, readable)| {
+            Event::Observed {
+                populated,
+                readable,
+            }
+        }),
         Just(Event::Deadline),
         Just(Event::WatchdogDue),
     ]
@@ -316,7 +328,10 @@ struct Checker {
 impl Checker {
     fn check(&mut self, before: &State, e: &Event, after: &State, a: &[Action]) {
         let resumed = a.contains(&Notify(Reply::Resumed));
-        if matches!(e, Event::StopFile { present: true, .. } | Event::StopFile { armed: false, .. }) {
+        if matches!(
+            e,
+            Event::StopFile { present: true, .. } | Event::StopFile { armed: false, .. }
+        ) {
             self.stop_seen = true;
         }
         if self.stop_seen && !resumed {
@@ -326,7 +341,10 @@ impl Checker {
             if let Some(t) = a.iter().position(|x| *x == Thaw) {
                 let killed = a[..t].contains(&Kill);
                 let empty = a.contains(&Notify(Reply::Empty));
-                assert!(killed || empty, "thaw after stop file: {before:?} {e:?} {a:?}");
+                assert!(
+                    killed || empty,
+                    "thaw after stop file: {before:?} {e:?} {a:?}"
+                );
             }
             assert!(
                 after.phase != Phase::Running,
@@ -339,8 +357,14 @@ impl Checker {
         }
         // Silence or death of the daemon always halts.
         let daemon_alive = matches!(before.daemon, Daemon::Greeting | Daemon::Up { .. });
-        if matches!(e, Event::Silence | Event::Eof) && daemon_alive && before.phase == Phase::Running {
-            assert!(a.contains(&Freeze) && a.contains(&Kill), "{before:?} {e:?} {a:?}");
+        if matches!(e, Event::Silence | Event::Eof)
+            && daemon_alive
+            && before.phase == Phase::Running
+        {
+            assert!(
+                a.contains(&Freeze) && a.contains(&Kill),
+                "{before:?} {e:?} {a:?}"
+            );
             assert!(matches!(after.phase, Phase::Killing(_)));
         }
         for x in a {
