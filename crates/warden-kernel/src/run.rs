@@ -71,6 +71,10 @@ struct Kernel {
 pub fn run(cfg: Config) -> i32 {
     crate::sys::ignore_termination_signals();
     schedule(cfg.rt_priority);
+    // The OOM killer must pick an agent, never the process that stops them.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log!("cannot set oom_score_adj -1000: {e}");
+    }
     for fd in [0, 1] {
         // stdout: a hung daemon that stops reading must not block the
         // kernel in write(2); a line that does not fit is dropped and logged.
