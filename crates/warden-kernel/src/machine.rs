@@ -462,8 +462,10 @@ fn on_observed(s: &mut State, populated: bool, a: &mut Vec<Action>) {
                 s.phase = Phase::Halted { survivors: false };
                 exit_if_orphaned(s, a);
             } else if survivors {
-                // Already reported: keep killing, quietly.
+                // Already reported: keep killing, quietly; without a
+                // daemon, exit (1) after this last try.
                 a.extend([Action::Freeze, Action::Kill, Action::Thaw]);
+                exit_if_orphaned(s, a);
             } else {
                 let t = Trigger::AgentWhileLatched;
                 a.extend([
