@@ -152,19 +152,32 @@ impl World {
         }
         std::fs::create_dir(w.tmp.path().join("safety")).unwrap();
         std::fs::create_dir(w.tmp.path().join("reports")).unwrap();
+        w.spawn_agents(
+            r#"sleep 1000 & sleep 1000 & sh -c 'sleep 1000 & wait' & wait"#,
+            5,
+        );
+        w
+    }
+
+    /// Runs `script` in a shell that first moves itself into agent.x in
+    /// every hierarchy; waits until the agent cgroup holds `n` processes.
+    fn spawn_agents(&mut self, script: &str, n: usize) {
+        let before = self.agent_pids().len();
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(r#"for f in "$@"; do echo $$ > "$f"; done; sleep 1000 & sleep 1000 & sh -c 'sleep 1000 & wait' & wait"#)
+            .arg(format!(
+                r#"for f in "$@"; do echo $$ > "$f"; done; {script}"#
+            ))
             .arg("sh");
-        for a in &w.agents {
+        for a in &self.agents {
             cmd.arg(a.join("cgroup.procs"));
         }
-        w.children.push(cmd.stdin(Stdio::null()).spawn().unwrap());
-        let agent = w.agents[0].clone();
+        self.children
+            .push(cmd.stdin(Stdio::null()).spawn().unwrap());
+        let agent = self.agents[0].clone();
         wait_for("agents to start", Duration::from_secs(5), || {
-            pids_under(&agent).len() >= 5
+            pids_under(&agent).len() >= before + n
         });
-        w
     }
 
     fn stop_file(&self) -> PathBuf {
@@ -424,6 +437,13 @@ fn stop_file_freezes_then_kills_after_the_deadline() {
     wait_for("empty agent cgroup", Duration::from_secs(2), || w.empty());
     w.check_report(&killed, "stop_file", &pids);
     assert_eq!(w.latch_json()["trigger"], "stop_file");
+    // An agent that appears while latched is frozen and killed again.
+    w.spawn_agents("exec sleep 1000", 1);
+    let line = w.expect("frozen", 3);
+    assert!(line.starts_with("frozen agent_while_latched "), "{line}");
+    w.expect("killed", 3);
+    wait_for("empty agent cgroup", Duration::from_secs(2), || w.empty());
+    assert_eq!(w.latch_json()["trigger"], "stop_file");
     // Resume is refused while the stop file exists, accepted after.
     w.send("resume");
     assert_eq!(w.expect("re", 2), "refused stop_file");
@@ -600,4 +620,26 @@ fn v1_freezer_alone_freezes_kills_and_thaws() {
     wait_for("empty agent cgroup", Duration::from_secs(2), || w.empty());
     w.check_report(&killed, "stop_file", &pids);
     assert!(!w.frozen(), "v1 parent left frozen after the kill");
+}
+
+#[test]
+fn busy_loops_do_not_delay_the_freeze() {
+    let mut w = World::new();
+    // One busy loop per core, plus a forker.
+    w.spawn_agents("while :; do :; done", 1);
+    w.spawn_agents("while :; do :; done", 1);
+    w.spawn_agents("while :; do sleep 0.01 & done", 1);
+    w.start(true);
+    let t = Instant::now();
+    write(&w.stop_file(), "");
+    let line = w.expect("frozen", 3);
+    assert!(line.starts_with("frozen stop_file "), "{line}");
+    assert!(w.frozen());
+    eprintln!(
+        "busy cores: stop file -> frozen {} us in the kernel, {:?} seen by the test",
+        frozen_us(&line),
+        t.elapsed()
+    );
+    w.expect("killed", 5);
+    wait_for("empty agent cgroup", Duration::from_secs(2), || w.empty());
 }
