@@ -127,9 +127,6 @@ pub enum Verb {
     AuthorizeResume(authorize::Args),
     /// Make an Ed25519 key pair for resume authorizations.
     Keygen(authorize::KeygenArgs),
-    /// The guard process (started by the daemon).
-    #[command(name = "__guard", hide = true)]
-    Guard(daemon::GuardArgs),
 }
 
 impl Cli {
@@ -184,6 +181,5 @@ pub fn main() -> i32 {
         Verb::Key(c) => key::run(c),
         Verb::AuthorizeResume(a) => authorize::run(a),
         Verb::Keygen(a) => authorize::keygen(a),
-        Verb::Guard(a) => daemon::guard(a),
     }
 }

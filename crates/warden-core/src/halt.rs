@@ -87,6 +87,9 @@ pub fn new_id() -> String {
 
 /// What to halt, and why.
 pub struct Request<'a> {
+    /// The halt's id, when the caller named it first (the safety kernel
+    /// hears it before the ladder starts); a new one otherwise.
+    pub id: Option<&'a str>,
     /// The cgroup to empty: one agent's, or the parent of all.
     pub scope: &'a dyn Cgroup,
     /// The agents inside it whose processes and output go into the evidence.
@@ -108,6 +111,7 @@ pub struct Request<'a> {
 /// that still runs must not be given the time a capture takes).
 pub fn run(req: &Request<'_>) -> (Report, Evidence) {
     let Request {
+        id: given_id,
         scope,
         members,
         trigger,
@@ -177,7 +181,7 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
             log_tail: String::new(),
         })
         .collect();
-    let id = new_id();
+    let id = given_id.map(str::to_string).unwrap_or_else(new_id);
     let mut ev = Evidence {
         version: 1,
         halt_id: id.clone(),

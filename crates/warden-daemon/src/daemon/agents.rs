@@ -126,6 +126,7 @@ impl Daemon {
             Mode::Safe(l) => Some(format!("SAFE MODE ({})", l.reason)),
             Mode::ShuttingDown => Some("daemon is shutting down".into()),
             Mode::Running if self.stop.present() => Some("stop file present".into()),
+            Mode::Running if self.kernel.is_none() => Some("no safety kernel".into()),
             Mode::Running => None,
         };
         if let Some(why) = refuse {
@@ -309,6 +310,7 @@ impl Daemon {
             log: Some(s.log.clone()),
         }];
         let (report, evidence) = halt::run(&halt::Request {
+            id: None,
             scope: cg.as_ref(),
             members: &members,
             trigger,
@@ -397,14 +399,14 @@ impl Daemon {
             }
         }
         self.broker.reap_stragglers();
-        if let Some(g) = self.guard.as_mut() {
-            if !g.alive() {
-                tracing::error!("guard process died");
-                self.guard = None;
-                if !matches!(self.mode, Mode::Safe(_)) {
-                    self.hard_halt("guard", "the guard process died", None, now);
+        match self.kernel.as_mut().map(|k| k.alive()) {
+            Some(true) => {}
+            Some(false) => self.kernel_died(now),
+            // Restarting it failed before: try again on every reap.
+            None => {
+                if let Err(e) = self.start_kernel() {
+                    tracing::error!("cannot restart the safety kernel: {e}");
                 }
-                self.respawn_guard();
             }
         }
     }

@@ -7,7 +7,6 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::*;
-use crate::guard::Guard;
 use crate::monitor::{self, Breach};
 use warden_core::cgroup;
 use warden_core::halt::{self};
@@ -51,6 +50,13 @@ impl Daemon {
         }
         // Parked approval waits every turn; request expiry with the monitors.
         self.broker_tick(now, monitor_due);
+        if self.kernel.is_some() && now >= self.next_kernel_beat {
+            let failing = self.health().failing();
+            let why = (!failing.is_empty()).then(|| failing.join(","));
+            if let Some(k) = self.kernel.as_mut() {
+                self.next_kernel_beat = k.beat(why.as_deref(), now);
+            }
+        }
         if now >= self.pinger.next() {
             let health = self.health();
             self.pinger.tick(health, now);
@@ -85,6 +91,7 @@ impl Daemon {
             let scope = self.cg.agents();
             if scope.populated().unwrap_or(true) {
                 let (report, evidence) = halt::run(&halt::Request {
+                    id: None,
                     scope: scope.as_ref(),
                     members: &[],
                     trigger: "retry",
@@ -219,20 +226,7 @@ impl Daemon {
             audit: self.audit.healthy(),
             cgroupfs: self.cg.agents().populated().is_ok(),
             protect_watch: true,
-        }
-    }
-
-    pub(super) fn respawn_guard(&mut self) {
-        match std::fs::read_link("/proc/self/exe").and_then(|exe| {
-            Guard::spawn(
-                &exe,
-                &self.cfg.cgroup_mount,
-                self.cg.root(),
-                &self.cfg.latch_path(),
-            )
-        }) {
-            Ok(g) => self.guard = Some(g),
-            Err(e) => tracing::error!("cannot restart guard: {e}"),
+            kernel: self.kernel.is_some(),
         }
     }
 

@@ -42,6 +42,7 @@ impl Daemon {
             let t0 = Instant::now();
             let scope = self.cg.agents();
             let (report, evidence) = halt::run(&halt::Request {
+                id: None,
                 scope: scope.as_ref(),
 
                 members: &[],
@@ -82,8 +83,8 @@ impl Daemon {
         if let Err(e) = safemode::mark_clean_exit(&self.cfg.clean_marker_path()) {
             tracing::error!("cannot mark clean exit: {e}");
         }
-        if let Some(g) = self.guard.take() {
-            g.finish_clean();
+        if let Some(k) = self.kernel.take() {
+            k.finish_clean();
         }
         if let Some(h) = self.pinger.hardware.take() {
             h.close_orderly();
