@@ -40,9 +40,14 @@ pub enum Message {
     Hello(u32),
     Ready,
     /// It froze the agents on its own trigger, `us` after seeing it.
-    Frozen { trigger: String, us: u64 },
+    Frozen {
+        trigger: String,
+        us: u64,
+    },
     /// It killed by itself; its report is at this path (None: not written).
-    Killed { report: Option<PathBuf> },
+    Killed {
+        report: Option<PathBuf>,
+    },
     Empty,
     Resumed,
     Refused(String),
@@ -385,7 +390,11 @@ mod tests {
     #[test]
     fn reports_are_listed_oldest_first() {
         let d = tempfile::tempdir().unwrap();
-        for n in ["kernel-report-2-0.json", "kernel-report-1-0.json", "other.json"] {
+        for n in [
+            "kernel-report-2-0.json",
+            "kernel-report-1-0.json",
+            "other.json",
+        ] {
             std::fs::write(d.path().join(n), "{}").unwrap();
         }
         let r = reports(d.path());

@@ -14,7 +14,7 @@ use crate::args::Config;
 use crate::cgroup::Tree;
 use crate::log;
 use crate::machine::{step, Action, Daemon, Event, Phase, State};
-use crate::protocol::{encode, Line, LineReader, Reply};
+use crate::protocol::{encode, Line, LineReader, Msg, Reply};
 use crate::report::Record;
 use crate::stopfile::StopFile;
 use crate::watchdog::Watchdog;
@@ -253,6 +253,15 @@ impl Kernel {
                         Line::Msg(m) => {
                             self.last_line = Instant::now();
                             self.silent = false;
+                            // A resume is decided on the stop file as it is
+                            // now (uncached), not as the last timer saw it.
+                            if matches!(m, Msg::Resume) {
+                                let c = self.stop.check();
+                                self.feed(Event::StopFile {
+                                    present: c.present,
+                                    armed: c.armed,
+                                });
+                            }
                             self.feed(Event::Daemon(m));
                         }
                         Line::Garbage(g) => {

@@ -68,7 +68,17 @@ impl Daemon {
                         json!({"trigger": trigger, "frozen_us": us}),
                     ));
                     // The kernel saw it first; the daemon, healthy, finishes
-                    // the halt with full evidence and says `empty`.
+                    // the halt with full evidence and says `empty`; unless
+                    // its own watch already did.
+                    let populated = self.cg.agents().populated().unwrap_or(true);
+                    if self.mode.is_safe() && !populated && self.all_down() {
+                        if let Some(id) = self.last_halt.as_ref().map(|h| h.id.clone()) {
+                            if let Some(k) = self.kernel.as_mut() {
+                                k.empty(&id);
+                            }
+                        }
+                        continue;
+                    }
                     let reason = match trigger.as_str() {
                         "stop_file" => {
                             format!("stop file {} present", self.cfg.stop_file.display())
@@ -150,7 +160,9 @@ impl Daemon {
     pub(super) fn kernel_died(&mut self, now: Instant) {
         let status = self.kernel.take().map(|mut k| k.alive());
         tracing::error!("the safety kernel died ({status:?}); halting every agent");
-        let _ = self.audit.record(audit_event("kernel_died", None, None, json!({})));
+        let _ = self
+            .audit
+            .record(audit_event("kernel_died", None, None, json!({})));
         self.import_kernel_reports();
         self.hard_halt(
             "kernel_died",
