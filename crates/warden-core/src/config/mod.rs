@@ -294,7 +294,7 @@ fn default_liveness_timeout() -> Dur {
     Dur(Duration::from_secs(1))
 }
 fn default_kernel_deadline() -> Dur {
-    Dur(Duration::from_secs(2))
+    Dur(Duration::from_millis(500))
 }
 fn default_cgroup_mount() -> PathBuf {
     PathBuf::from("/sys/fs/cgroup")
