@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod host;
 pub mod limits;
 pub mod net;
 pub mod tools;
@@ -388,12 +389,28 @@ pub struct Config {
 
 impl Config {
     /// Reads and validates a config file.
+    /// Besides [`Config::parse`], checks the file against the host: not
+    /// readable by others while an agent has `env` secrets, and a
+    /// `socket_group` that no agent belongs to.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::os::unix::fs::MetadataExt;
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let cfg = Self::parse(&text, path)?;
+        let mode = std::fs::metadata(path).map_err(read)?.mode();
+        host::check_file_mode(&cfg, mode).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
         })?;
-        Self::parse(&text, path)
+        host::check_socket_group(&cfg).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: find_key_line(&text, "socket_group"),
+            message,
+        })?;
+        Ok(cfg)
     }
 
     /// Parses and validates config text; `path` only names it in errors.
@@ -560,6 +577,12 @@ impl Config {
                 return Err(invalid(
                     a.user.span(),
                     format!("agent {name}: user root needs allow_root = true"),
+                ));
+            }
+            if a.group.as_deref().is_some_and(|g| g == "root" || g == "0") && !a.allow_root {
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: group root needs allow_root = true"),
                 ));
             }
             if let Some(cpu) = a.cpu_max {
@@ -830,6 +853,26 @@ restart    = "on-failure"
 
     fn err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn group_root_needs_allow_root() {
+        let a = "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\n";
+        for g in ["root", "0"] {
+            let e = err(&format!("{a}group = \"{g}\"\n"));
+            assert!(e.contains("group root needs allow_root"), "{e}");
+        }
+        assert!(parse(&format!("{a}group = \"root\"\nallow_root = true\n")).is_ok());
+    }
+
+    #[test]
+    fn durations_that_overflow_are_refused_with_their_line() {
+        for d in ["99999999999999999999s", "500000000y"] {
+            let e = err(&format!("grace = \"1s\"\nempty_deadline = \"{d}\"\n"));
+            assert!(e.contains("line 2") && e.contains(d), "{e}");
+        }
+        let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nheartbeat = \"400000000000y\"\n");
+        assert!(e.contains("invalid duration"), "{e}");
     }
 
     #[test]

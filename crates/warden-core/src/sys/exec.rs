@@ -77,6 +77,7 @@ pub enum Step {
     Landlock = 18,
     Seccomp = 19,
     Network = 20,
+    Noexec = 21,
 }
 
 impl Step {
@@ -103,6 +104,7 @@ impl Step {
             Landlock,
             Seccomp,
             Network,
+            Noexec,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -130,6 +132,7 @@ impl Step {
             Step::Landlock => "apply the landlock ruleset",
             Step::Seccomp => "install the seccomp filter",
             Step::Network => "enter its network namespace",
+            Step::Noexec => "mount its writable directories noexec",
         }
     }
 }
@@ -290,6 +293,15 @@ unsafe fn child_after_fork(
     if entered != 0 {
         fail(err, Step::Network);
     }
+    // 6c. Brokered mode: its writable directories noexec in a mount
+    // namespace of its own (CAP_SYS_ADMIN, so before the capabilities go;
+    // the chdir below then lands in the new mounts).
+    if let Some(p) = &plan.confine {
+        if let Err(errno) = crate::sys::confine::noexec_writable(&p.raw()) {
+            *libc::__errno_location() = errno;
+            fail(err, Step::Noexec);
+        }
+    }
     // 7. Capabilities: the bounding set can only be dropped with CAP_SETPCAP,
     // so before setuid; ambient cleared so nothing is regained at exec.
     for cap in 0..=plan.cap_last {
@@ -348,6 +360,7 @@ unsafe fn child_after_fork(
                 match step {
                     crate::sys::confine::ConfineStep::Landlock => Step::Landlock,
                     crate::sys::confine::ConfineStep::Seccomp => Step::Seccomp,
+                    crate::sys::confine::ConfineStep::Noexec => Step::Noexec,
                 },
             );
         }
