@@ -302,9 +302,8 @@ fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
     std::fs::copy("/usr/bin/cat", &mycat).unwrap();
     std::fs::write(inside.path().join("data"), "secret-data\n").unwrap();
     let script = inside.path().join("agent.sh");
-    let spec_for = |script: &Path| {
-        ConfineSpec::for_program(script, &[inside.path().to_path_buf()]).unwrap()
-    };
+    let spec_for =
+        |script: &Path| ConfineSpec::for_program(script, &[inside.path().to_path_buf()]).unwrap();
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
     let loader = spec_for(&script)
         .exec
@@ -354,7 +353,11 @@ fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
     // With the noexec mounts the copied binary cannot be mapped; a system
     // binary the agent can read still runs through the loader (the limit).
     let confined = lines(Layers::Both);
-    for l in ["direct-refused", "loader-copied-refused", "loader-system-ran"] {
+    for l in [
+        "direct-refused",
+        "loader-copied-refused",
+        "loader-system-ran",
+    ] {
         assert!(confined.lines().any(|x| x == l), "{l}: {confined}");
     }
     // Nothing was mounted in the test's own namespace.

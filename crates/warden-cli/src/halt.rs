@@ -46,7 +46,11 @@ pub fn run(socket: &Path, a: Args) -> i32 {
                     "NOT VERIFIED EMPTY: {}",
                     h["errors"]
                         .as_array()
-                        .map(|e| e.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; "))
+                        .map(|e| e
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; "))
                         .unwrap_or_default()
                 );
                 return super::exit::FAILED;

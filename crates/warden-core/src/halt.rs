@@ -201,7 +201,7 @@ pub fn run(
         if let Err(e) = scope.thaw() {
             errors.push(format!("thaw: {e}"));
         }
-        if wait_until(scope, empty_deadline, &empty) {
+        if wait_until(scope, empty_deadline, empty) {
             survivors.clear();
             verified_empty = true;
             break;
@@ -218,7 +218,9 @@ pub fn run(
             scope.path(),
             humantime::format_duration(empty_deadline)
         );
-        errors.push(format!("not known empty after attempt {attempts}: {listed}"));
+        errors.push(format!(
+            "not known empty after attempt {attempts}: {listed}"
+        ));
         // Freeze again so nothing can fork between reading pids and killing.
         let _ = scope.freeze();
         wait_until(scope, FREEZE_TIMEOUT, |c| c.is_frozen().unwrap_or(false));

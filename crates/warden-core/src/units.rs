@@ -75,9 +75,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Parses "5s", "250ms", "1m 30s" (humantime), refusing values that
 /// overflow or exceed [`MAX_DURATION`], with an error that names the value.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (use e.g. \"5s\", \"250ms\", \"2m\")")
-    })?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. \"5s\", \"250ms\", \"2m\")"))?;
     if d > MAX_DURATION {
         return Err(format!(
             "invalid duration {s:?}: longer than the maximum of {}",

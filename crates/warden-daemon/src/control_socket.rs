@@ -10,9 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use warden_proto::control::{
-    parse_request, salvage_halt, ErrorKind, Request, Response, MAX_LINE,
-};
+use warden_proto::control::{parse_request, salvage_halt, ErrorKind, Request, Response, MAX_LINE};
 
 /// A request for the main loop, with who sent it and where to answer.
 #[derive(Debug)]
@@ -108,8 +106,7 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         // Bounded read: a line longer than MAX_LINE is refused, not buffered.
         let n = {
             let mut limited = (&mut rd).take(MAX_LINE as u64 + 1);
-            match tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)).await
-            {
+            match tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return,
                 Err(_) => {

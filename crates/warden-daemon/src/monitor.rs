@@ -378,7 +378,9 @@ pub fn check_host(
         if *free < t.stop_inodes_min && breach.is_none() && t.on("stop_inodes") {
             breach = Some(host(
                 "stop_inodes",
-                format!("{free} free inodes on the filesystem of {dir}, where the stop file is created"),
+                format!(
+                    "{free} free inodes on the filesystem of {dir}, where the stop file is created"
+                ),
                 format!("at least {}", t.stop_inodes_min),
             ));
         }

@@ -324,8 +324,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let spaced = format!("{{ \"cmd\" : \"halt\", \"reason\": \"{}", "y".repeat(MAX_LINE));
-        assert!(matches!(salvage_halt(spaced.as_bytes()), Some(Request::Halt { .. })));
+        let spaced = format!(
+            "{{ \"cmd\" : \"halt\", \"reason\": \"{}",
+            "y".repeat(MAX_LINE)
+        );
+        assert!(matches!(
+            salvage_halt(spaced.as_bytes()),
+            Some(Request::Halt { .. })
+        ));
         let status = format!("{{\"cmd\":\"status\",\"x\":\"{}", "y".repeat(MAX_LINE));
         assert_eq!(salvage_halt(status.as_bytes()), None);
     }

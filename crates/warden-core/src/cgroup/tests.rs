@@ -670,8 +670,18 @@ fn halt_with_unreadable_procs_is_not_complete_and_names_the_error() {
     let m = MockCgroupFs::new(MockKind::V2);
     let mgr = manager(&m, None);
     m.cgroup("/warden/agents/a");
-    m.write("", "/warden/agents", "cgroup.events", "populated 1\nfrozen 1\n");
-    m.write("", "/warden/agents/a", "cgroup.procs", "Too many open files\n");
+    m.write(
+        "",
+        "/warden/agents",
+        "cgroup.events",
+        "populated 1\nfrozen 1\n",
+    );
+    m.write(
+        "",
+        "/warden/agents/a",
+        "cgroup.procs",
+        "Too many open files\n",
+    );
     let scope = mgr.agents();
     let agent = mgr.agent("a");
     let members = [crate::halt::Member {
@@ -724,7 +734,12 @@ fn halt_of_an_empty_cgroup_is_complete() {
     let m = MockCgroupFs::new(MockKind::V2);
     let mgr = manager(&m, None);
     m.cgroup("/warden/agents");
-    m.write("", "/warden/agents", "cgroup.events", "populated 0\nfrozen 1\n");
+    m.write(
+        "",
+        "/warden/agents",
+        "cgroup.events",
+        "populated 0\nfrozen 1\n",
+    );
     let (report, _) = crate::halt::run(
         mgr.agents().as_ref(),
         &[],

@@ -54,7 +54,7 @@ pub fn check_socket_group(cfg: &Config) -> Result<(), String> {
         let Some((user, gids)) = agent_gids(a) else {
             continue;
         };
-        let by_member = group.mem.iter().any(|m| *m == user);
+        let by_member = group.mem.contains(&user);
         if gids.contains(&sg) || by_member {
             return Err(format!(
                 "socket_group {:?} (gid {sg}) is a group of agent {} (user {user:?}{}): its members may use the control socket, so an agent could halt, resume or approve; give the agent another user or group, or choose another socket_group",

@@ -871,7 +871,9 @@ restart    = "on-failure"
             let e = err(&format!("grace = \"1s\"\nempty_deadline = \"{d}\"\n"));
             assert!(e.contains("line 2") && e.contains(d), "{e}");
         }
-        let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nheartbeat = \"400000000000y\"\n");
+        let e = err(
+            "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nheartbeat = \"400000000000y\"\n",
+        );
         assert!(e.contains("invalid duration"), "{e}");
     }
 

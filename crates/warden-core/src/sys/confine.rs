@@ -162,8 +162,8 @@ pub unsafe fn noexec_writable(p: &PreparedRaw<'_>) -> Result<(), i32> {
     if libc::unshare(libc::CLONE_NEWNS) != 0 {
         return Err(err());
     }
-    let none = b"none\0".as_ptr().cast::<libc::c_char>();
-    let root = b"/\0".as_ptr().cast::<libc::c_char>();
+    let none = c"none".as_ptr();
+    let root = c"/".as_ptr();
     if libc::mount(
         none,
         root,

@@ -46,7 +46,11 @@ impl Daemon {
             Ok(l) => l,
             Err(e) => return Response::err(ErrorKind::BadRequest, format!("levels: {e}")),
         };
-        let ttl = match ttl.as_deref().map(warden_core::units::parse_duration).transpose() {
+        let ttl = match ttl
+            .as_deref()
+            .map(warden_core::units::parse_duration)
+            .transpose()
+        {
             Ok(t) => t,
             Err(e) => return Response::err(ErrorKind::BadRequest, format!("ttl: {e}")),
         };

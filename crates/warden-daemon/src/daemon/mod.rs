@@ -79,7 +79,10 @@ pub enum DaemonError {
         fix: &'static str,
     },
     #[error("the audit database {path} is {problem} although this state directory has run warden before (its keys exist): refusing to start a new audit chain silently; restore the database, or start with `warden daemon --new-audit-chain` to begin a new chain (audited as such)")]
-    AuditChainLost { path: PathBuf, problem: &'static str },
+    AuditChainLost {
+        path: PathBuf,
+        problem: &'static str,
+    },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {

@@ -60,13 +60,21 @@ pub(super) fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
 
 /// Refuses a state or log directory that anyone but root can write: whoever
 /// can write there can replace the latch, the database or the logs.
-pub(super) fn check_private_dir(key: &'static str, path: &Path, fix: &'static str) -> Result<(), DaemonError> {
+pub(super) fn check_private_dir(
+    key: &'static str,
+    path: &Path,
+    fix: &'static str,
+) -> Result<(), DaemonError> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(io_err("cannot stat", path))?;
     let problem = if m.mode() & 0o022 != 0 {
         format!(
             "writable by {} (mode {:04o})",
-            if m.mode() & 0o002 != 0 { "every user" } else { "its group" },
+            if m.mode() & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
             m.mode() & 0o7777
         )
     } else if m.uid() != nix::unistd::geteuid().as_raw() {
@@ -177,7 +185,9 @@ impl Daemon {
         let audit = match Audit::open_with(&cfg.state_dir, &cfg.log_dir, audit_opts()) {
             Err(e @ audit::AuditError::Store { .. }) if opts.new_audit_chain => {
                 let db = cfg.state_dir.join(audit::schema::DB_FILE);
-                tracing::error!("audit database unusable ({e}); --new-audit-chain: moving it aside");
+                tracing::error!(
+                    "audit database unusable ({e}); --new-audit-chain: moving it aside"
+                );
                 moved = move_aside(&db);
                 Audit::open_with(&cfg.state_dir, &cfg.log_dir, audit_opts())?
             }
@@ -194,7 +204,8 @@ impl Daemon {
                 ),
                 audit::Safety {
                     event: "new_audit_chain".into(),
-                    reason: "started with --new-audit-chain: the previous audit chain is lost".into(),
+                    reason: "started with --new-audit-chain: the previous audit chain is lost"
+                        .into(),
                     autonomy_state: "starting".into(),
                     governance_state: "supervised".into(),
                     human_notified: true,
