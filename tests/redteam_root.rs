@@ -321,3 +321,57 @@ fn a_deleted_audit_database_needs_new_audit_chain() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(Path::new(&db).exists());
 }
+
+/// Item 3 through the real daemon: a brokered agent cannot run a binary in
+/// its own directory through the ELF loader (its cwd is a noexec mount in
+/// its own mount namespace); a system binary still runs that way (the
+/// limit SECURITY.md states).
+#[test]
+fn brokered_agent_cannot_use_the_loader_on_its_own_files() {
+    let loader = warden_core::confine::exec_closure(Path::new("/bin/sh"))
+        .unwrap()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("ld-"))
+        .expect("the loader of /bin/sh");
+    let script = format!(
+        "L={ld}; $L ./mycat data >/dev/null 2>&1 && echo LOADER-COPIED-RAN || echo LOADER-COPIED-REFUSED; \
+         $L /usr/bin/cat data >/dev/null 2>&1 && echo LOADER-SYSTEM-RAN || echo LOADER-SYSTEM-REFUSED;",
+        ld = loader.display()
+    );
+    let mut env = Env::new(
+        QUIET,
+        "[[agent]]\nname = \"b\"\ncommand = [\"/bin/sh\", \"-c\", SCRIPT]\nuser = \"nobody\"\nexec = \"brokered\"\ncwd = WORK\nenv = { WARDEN_TEST_MARK = \"{M}\" }\n",
+    );
+    let work = env.path("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::copy("/usr/bin/cat", work.join("mycat")).unwrap();
+    std::fs::write(work.join("data"), "d\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // (sleep is not on a brokered agent's exec list: it just exits 0.)
+    // Let the agent's user reach its cwd inside the test's 0700 directory.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("SCRIPT", &toml::Value::String(script).to_string())
+        .replace(
+            "WORK",
+            &toml::Value::String(work.display().to_string()).to_string(),
+        );
+    std::fs::write(&env.config, text).unwrap();
+    env.start();
+    let log = |env: &Env| {
+        env.call(r#"{"cmd":"logs","agent":"b"}"#)["data"]["data"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    env.wait_for("the agent's verdicts", T, || {
+        log(&env).contains("LOADER-SYSTEM-")
+    });
+    let out = log(&env);
+    assert!(out.contains("LOADER-COPIED-REFUSED"), "{out}");
+    assert!(out.contains("LOADER-SYSTEM-RAN"), "{out}");
+    env.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(env.wait_exit(T), 0);
+}

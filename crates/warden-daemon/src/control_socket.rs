@@ -49,8 +49,9 @@ pub fn bind(path: &Path, group: &str) -> std::io::Result<std::os::unix::net::Uni
 /// them its ability to read cgroups during a halt. Over the cap a new
 /// connection gets one error line and is closed.
 pub const MAX_CONNECTIONS: usize = 64;
-/// A connection that sends no complete request for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection that sends no complete request for this long is closed
+/// (with an error line): clients that keep one open must reconnect.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Serves until the process ends; each connection gets its own task.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {

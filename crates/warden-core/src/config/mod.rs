@@ -627,6 +627,25 @@ impl Config {
                     format!("agent {name}: read_paths and write_paths must be absolute"),
                 ));
             }
+            // Brokered mode mounts every writable directory noexec: a system
+            // tree there would stop the agent's own libraries from loading,
+            // and would let it replace them.
+            if a.exec == ExecMode::Brokered {
+                if let Some(p) = a.cwd.iter().chain(&a.write_paths).find(|p| {
+                    p.as_path() == Path::new("/")
+                        || ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]
+                            .iter()
+                            .any(|t| p.starts_with(t))
+                }) {
+                    return Err(invalid(
+                        a.name.span(),
+                        format!(
+                            "agent {name}: brokered mode cannot make {} writable (it would be mounted noexec and writable by the agent); give it a directory of its own",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
             if a.missed == Some(0) {
                 return Err(invalid(
                     a.name.span(),
@@ -853,6 +872,22 @@ restart    = "on-failure"
 
     fn err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn brokered_agents_cannot_write_system_trees() {
+        let a = "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nexec = \"brokered\"\n";
+        for bad in [
+            "cwd = \"/\"",
+            "write_paths = [\"/usr/local\"]",
+            "cwd = \"/etc\"",
+        ] {
+            let e = err(&format!("{a}{bad}\n"));
+            assert!(e.contains("brokered mode cannot make"), "{e}");
+        }
+        assert!(parse(&format!("{a}cwd = \"/srv/agent\"\n")).is_ok());
+        // Free agents may use / as their cwd, as before.
+        assert!(parse("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\ncwd = \"/\"\n").is_ok());
     }
 
     #[test]

@@ -162,6 +162,12 @@ impl Daemon {
         // before any thread exists, so every thread inherits the empty mask.
         let _ = nix::sys::signal::SigSet::all().thread_unblock();
         required_caps()?;
+        // Room for descriptors: control connections are capped, and a halt
+        // must never run out of them (#18 item 5).
+        match warden_core::sys::raise_nofile(65536) {
+            Ok(n) => tracing::debug!("open file limit {n}"),
+            Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+        }
         make_dir(&cfg.state_dir, 0o700)?;
         make_dir(&cfg.log_dir, 0o750)?;
         make_dir(&cfg.log_dir.join("agents"), 0o750)?;
