@@ -296,6 +296,15 @@ fn a_deleted_audit_database_needs_new_audit_chain() {
     assert_eq!(code, 7, "{err}");
     assert!(err.contains("empty"), "{err}");
 
+    // A corrupt one: refused, naming it; with the flag it is moved aside.
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let (code, err) = start_code(&env, &[]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("warden.db") && err.contains("--new-audit-chain"),
+        "{err}"
+    );
+
     // With the flag: a new chain, recorded as such.
     let child = std::process::Command::new(common::bin())
         .args(["daemon", "--new-audit-chain", "--config"])
@@ -310,6 +319,15 @@ fn a_deleted_audit_database_needs_new_audit_chain() {
     });
     let events = std::fs::read_to_string(env.path("log/safety_events.jsonl")).unwrap();
     assert!(events.contains("new_audit_chain"), "{events}");
+    let moved = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("warden.db.broken-")
+        });
+    assert!(moved, "the corrupt database is kept aside");
     env.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);
     let (code, out, err) = env.cli(&[

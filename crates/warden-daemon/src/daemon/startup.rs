@@ -197,6 +197,12 @@ impl Daemon {
                 moved = move_aside(&db);
                 Audit::open_with(&cfg.state_dir, &cfg.log_dir, audit_opts())?
             }
+            Err(e @ audit::AuditError::Store { .. }) => {
+                tracing::error!(
+                    "if the audit database is corrupt, `warden daemon --new-audit-chain` moves it aside and begins a new chain"
+                );
+                return Err(e.into());
+            }
             r => r?,
         };
         if opts.new_audit_chain && (lost.is_some() || moved.is_some()) {
