@@ -109,38 +109,87 @@ fn read_line(s: &UnixStream) -> Option<Value> {
     serde_json::from_str(&line).ok()
 }
 
+/// Holds 64 idle connections as another user, then tries 10 more and
+/// prints how many were refused; holds on until stdin closes.
+const FLOOD: &str = r#"
+import socket, sys, time
+path = sys.argv[1]
+held = []
+for _ in range(64):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+time.sleep(0.5)
+refused = 0
+for _ in range(10):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.settimeout(10)
+    if "too many control connections" in s.makefile().readline():
+        refused += 1
+    s.close()
+print(refused, flush=True)
+sys.stdin.readline()
+"#;
+
 /// Item 5: idle control connections are capped; the ones over the cap are
-/// told why and closed, and the socket answers again once some close.
+/// told why and closed; root keeps a reserve of its own, and the socket
+/// answers everyone again once connections close.
 #[test]
 fn control_connections_are_capped_and_the_socket_recovers() {
-    const CAP: usize = 64;
-    let mut env = Env::new("", "");
+    use std::os::unix::process::CommandExt;
+    const ROOT_RESERVE: usize = 8;
+    // A socket group that no agent is in (there are none) and the flooder is.
+    let mut env = Env::new("socket_group = \"nogroup\"", "");
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     env.start();
-    let mut idle: Vec<UnixStream> = (0..CAP)
+    let mut flood = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", FLOOD])
+        .arg(env.socket())
+        .uid(nobody.uid.as_raw())
+        .gid(nogroup.gid.as_raw())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut refused = String::new();
+    BufReader::new(flood.stdout.as_mut().unwrap())
+        .read_line(&mut refused)
+        .unwrap();
+    assert_eq!(
+        refused.trim(),
+        "10",
+        "extra connections over the cap refused"
+    );
+    // The cap is full of another user's connections; root still gets in.
+    assert_eq!(env.call(r#"{"cmd":"status"}"#)["ok"], true);
+    let held: Vec<UnixStream> = (0..ROOT_RESERVE)
         .map(|_| UnixStream::connect(env.socket()).unwrap())
         .collect();
-    // Make sure the daemon has accepted all of them before the extra ones.
     std::thread::sleep(Duration::from_millis(300));
-    for i in 0..10 {
-        let s = UnixStream::connect(env.socket()).unwrap();
-        let v = read_line(&s).unwrap_or_else(|| panic!("extra connection {i} got no answer"));
-        assert_eq!(v["ok"], false, "{v}");
-        let e = v["error"].as_str().unwrap();
-        assert!(e.contains("too many control connections"), "{e}");
-    }
-    // A fresh connection is refused the same way while the cap is full
-    // (read only: the daemon closes it at once).
+    // Reserve used up too: root is refused with the same clear line (read
+    // only: the daemon closes the connection at once).
     let s = UnixStream::connect(env.socket()).unwrap();
-    assert_eq!(read_line(&s).unwrap()["ok"], false);
-    // The idle ones still work.
-    (&idle[0]).write_all(b"{\"cmd\":\"ping\"}\n").unwrap();
-    assert_eq!(read_line(&idle[0]).unwrap()["ok"], true);
-    idle.truncate(CAP - 5);
+    let v = read_line(&s).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("too many"), "{v}");
+    // The held ones still work.
+    (&held[0]).write_all(b"{\"cmd\":\"ping\"}\n").unwrap();
+    assert_eq!(read_line(&held[0]).unwrap()["ok"], true);
+    // The flooder goes away: the socket answers again.
+    drop(flood.stdin.take());
+    flood.wait().unwrap();
     env.wait_for("status answered again", T, || {
         env.try_call(r#"{"cmd":"status"}"#)
             .is_some_and(|v| v["ok"] == true)
     });
-    drop(idle);
+    drop(held);
     env.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);
 }

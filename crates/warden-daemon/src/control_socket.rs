@@ -49,6 +49,10 @@ pub fn bind(path: &Path, group: &str) -> std::io::Result<std::os::unix::net::Uni
 /// them its ability to read cgroups during a halt. Over the cap a new
 /// connection gets one error line and is closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections kept for root beyond [`MAX_CONNECTIONS`], so that members of
+/// the socket's group cannot lock root out (`warden halt` by root works
+/// while the cap is full).
+pub const ROOT_RESERVE: usize = 8;
 /// A connection that sends no complete request for this long is closed
 /// (with an error line): clients that keep one open must reconnect.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -56,23 +60,32 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Serves until the process ends; each connection gets its own task.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let root_slots = Arc::new(Semaphore::new(ROOT_RESERVE));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        connection(stream, tx).await;
-                        drop(permit);
-                    });
+            Ok((stream, _)) => {
+                let permit = slots.clone().try_acquire_owned().or_else(|e| {
+                    match stream.peer_cred().map(|c| c.uid()) {
+                        Ok(0) => root_slots.clone().try_acquire_owned(),
+                        _ => Err(e),
+                    }
+                });
+                match permit {
+                    Ok(permit) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            connection(stream, tx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "control socket: {MAX_CONNECTIONS} connections open; refusing another"
+                        );
+                        tokio::spawn(refuse(stream));
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        "control socket: {MAX_CONNECTIONS} connections open; refusing another"
-                    );
-                    tokio::spawn(refuse(stream));
-                }
-            },
+            }
             Err(e) => {
                 tracing::warn!("control socket accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
