@@ -291,9 +291,10 @@ fn brokered_shell_script_runs_its_interpreter_but_no_other_program() {
 /// Red-team finding: the ELF loader, which every dynamic program needs
 /// (Landlock's EXECUTE right is checked when the kernel opens a PT_INTERP
 /// too, so it cannot be withheld), runs any file it can map when called
-/// directly. The noexec mounts stop it for everything the agent can write;
-/// programs already on the system that the agent can read stay runnable
-/// through it, which SECURITY.md states as a limit.
+/// directly. The noexec mounts stop it for everything the agent can write,
+/// and the program directories are not readable; an executable under the
+/// library trees (here libc.so.6 itself, which prints its version) stays
+/// runnable through it, which SECURITY.md states as a limit.
 #[test]
 fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
     require_root_and_landlock();
@@ -311,14 +312,25 @@ fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
         .find(|p| p.to_string_lossy().contains("ld-linux"))
         .cloned()
         .expect("the loader is on the exec list");
+    let libc_so = [
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/aarch64-linux-gnu/libc.so.6",
+    ]
+    .iter()
+    .map(Path::new)
+    .find(|p| p.exists())
+    .expect("glibc's libc.so.6")
+    .to_path_buf();
     std::fs::write(
         &script,
         format!(
             "#!/bin/sh\n\
              ./mycat data 2>/dev/null && echo direct-ran || echo direct-refused\n\
              {ld} ./mycat data 2>/dev/null && echo loader-copied-ran || echo loader-copied-refused\n\
-             {ld} /usr/bin/cat data 2>/dev/null && echo loader-system-ran || echo loader-system-refused\n",
-            ld = loader.display()
+             {ld} /usr/bin/cat data 2>/dev/null && echo loader-system-ran || echo loader-system-refused\n\
+             {ld} {libc} >/dev/null 2>&1 && echo loader-lib-ran || echo loader-lib-refused\n",
+            ld = loader.display(),
+            libc = libc_so.display()
         ),
     )
     .unwrap();
@@ -342,7 +354,12 @@ fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
     };
     // Unconfined, all three run.
     let free = lines(Layers::None);
-    for l in ["direct-ran", "loader-copied-ran", "loader-system-ran"] {
+    for l in [
+        "direct-ran",
+        "loader-copied-ran",
+        "loader-system-ran",
+        "loader-lib-ran",
+    ] {
         assert!(free.lines().any(|x| x == l), "{l}: {free}");
     }
     // Landlock alone stops the direct exec, not the loader: the finding.
@@ -350,13 +367,15 @@ fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
     for l in ["direct-refused", "loader-copied-ran"] {
         assert!(landlock.lines().any(|x| x == l), "{l}: {landlock}");
     }
-    // With the noexec mounts the copied binary cannot be mapped; a system
-    // binary the agent can read still runs through the loader (the limit).
+    // With the noexec mounts the copied binary cannot be mapped, and
+    // /usr/bin is not readable; an executable in a library tree still runs
+    // through the loader (the limit).
     let confined = lines(Layers::Both);
     for l in [
         "direct-refused",
         "loader-copied-refused",
-        "loader-system-ran",
+        "loader-system-refused",
+        "loader-lib-ran",
     ] {
         assert!(confined.lines().any(|x| x == l), "{l}: {confined}");
     }

@@ -78,8 +78,24 @@ pub struct ConfineSpec {
     pub write: Vec<PathBuf>,
 }
 
-/// Read-only trees every brokered agent gets.
-pub const DEFAULT_READ: &[&str] = &["/usr", "/lib", "/lib64", "/etc", "/bin", "/sbin"];
+/// Read-only trees every brokered agent gets: libraries, data and
+/// configuration, but not the program directories (`/usr/bin`, `/bin`,
+/// `/sbin`, `/usr/libexec`...). Reading a program is all the ELF loader
+/// needs to run it (`ld-linux-x86-64.so.2 /usr/bin/curl`), and the loader
+/// must stay executable; programs on the exec list are readable through
+/// their own rule.
+pub const DEFAULT_READ: &[&str] = &[
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/lib32",
+    "/usr/share",
+    "/usr/include",
+    "/usr/local/lib",
+    "/usr/local/share",
+    "/lib",
+    "/lib64",
+    "/etc",
+];
 
 /// Devices nearly every program opens for writing.
 pub const DEFAULT_WRITE: &[&str] = &["/dev/null"];

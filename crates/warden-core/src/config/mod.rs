@@ -199,8 +199,10 @@ pub struct AgentConfig {
     pub missed: Option<u32>,
     /// `free` (default) or `brokered`: a Landlock ruleset lets the agent
     /// execute only its own program (and its interpreter and loader), write
-    /// only its `cwd` and `write_paths`, read system trees and `read_paths`;
-    /// a seccomp filter refuses ptrace, mount, modules, keyrings and the like.
+    /// only its `cwd` and `write_paths`, read the library, data and
+    /// configuration trees (not /usr/bin) and `read_paths`; its writable
+    /// directories are mounted noexec; a seccomp filter refuses ptrace,
+    /// mount, modules, keyrings and the like.
     #[serde(default)]
     pub exec: ExecMode,
     /// Brokered mode: more trees the agent may read.
