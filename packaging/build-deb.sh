@@ -31,7 +31,9 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage/
 install -D -m 0644 systemd/warden.service "$stage/lib/systemd/system/warden.service"
 install -D -m 0644 udev/60-warden-watchdog.rules "$stage/lib/udev/rules.d/60-warden-watchdog.rules"
 install -D -m 0644 packaging/warden.tmpfiles "$stage/usr/lib/tmpfiles.d/warden.conf"
-install -D -m 0644 packaging/warden.toml "$stage/etc/warden/warden.toml"
+# 0640: agents' `env` tables may hold secrets (the daemon refuses a
+# world-readable config with env); postinst gives it group warden.
+install -D -m 0640 packaging/warden.toml "$stage/etc/warden/warden.toml"
 install -D -m 0644 packaging/debian/copyright "$stage/usr/share/doc/warden/copyright"
 install -D -m 0644 packaging/debian/changelog "$stage/usr/share/doc/warden/changelog"
 install -D -m 0644 docs/operators.md "$stage/usr/share/doc/warden/operators.md"

@@ -20,6 +20,9 @@ use warden_core::sys::confine as child;
 enum Layers {
     None,
     SeccompOnly,
+    /// Landlock and seccomp, without the noexec mounts.
+    NoMounts,
+    /// Everything the daemon applies: noexec mounts, Landlock, seccomp.
     Both,
 }
 
@@ -35,6 +38,7 @@ fn require_root_and_landlock() {
 
 fn run(prog: &Path, args: &[&str], cwd: &Path, prepared: &Arc<Prepared>, layers: Layers) -> Output {
     let p = Arc::clone(prepared);
+    let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).unwrap();
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .current_dir(cwd)
@@ -46,8 +50,9 @@ fn run(prog: &Path, args: &[&str], cwd: &Path, prepared: &Arc<Prepared>, layers:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child and only issues raw
-    // syscalls (prctl, landlock_restrict_self, prctl(PR_SET_SECCOMP)) on the
-    // ruleset fd and filter that `p` owns, allocated before the fork.
+    // syscalls (prctl, unshare, mount, chdir, landlock_restrict_self,
+    // prctl(PR_SET_SECCOMP)) on the ruleset fd, filter and paths that `p`
+    // and `cwd_c` own, allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -57,7 +62,18 @@ fn run(prog: &Path, args: &[&str], cwd: &Path, prepared: &Arc<Prepared>, layers:
             let r = match layers {
                 Layers::None => Ok(()),
                 Layers::SeccompOnly => child::install_seccomp(&raw),
-                Layers::Both => child::apply_in_child(&raw).map_err(|(_, e)| e),
+                Layers::NoMounts => child::apply_in_child(&raw).map_err(|(_, e)| e),
+                Layers::Both => child::noexec_writable(&raw)
+                    // std changed directory before this closure: enter
+                    // the new (noexec) mount of it, as the daemon does.
+                    .and_then(|()| {
+                        if libc::chdir(cwd_c.as_ptr()) == 0 {
+                            Ok(())
+                        } else {
+                            Err(*libc::__errno_location())
+                        }
+                    })
+                    .and_then(|()| child::apply_in_child(&raw).map_err(|(_, e)| e)),
             };
             r.map_err(std::io::Error::from_raw_os_error)
         });
@@ -270,6 +286,102 @@ fn brokered_shell_script_runs_its_interpreter_but_no_other_program() {
     assert!(stderr.contains("Permission denied"), "{stderr}");
     assert!(!outside.path().join("theirs").exists());
     assert!(inside.path().join("mine").exists());
+}
+
+/// Red-team finding: the ELF loader, which every dynamic program needs
+/// (Landlock's EXECUTE right is checked when the kernel opens a PT_INTERP
+/// too, so it cannot be withheld), runs any file it can map when called
+/// directly. The noexec mounts stop it for everything the agent can write,
+/// and the program directories are not readable; an executable under the
+/// library trees (here libc.so.6 itself, which prints its version) stays
+/// runnable through it, which SECURITY.md states as a limit.
+#[test]
+fn brokered_loader_cannot_run_a_binary_the_agent_wrote() {
+    require_root_and_landlock();
+    let inside = tempfile::tempdir().unwrap();
+    let mycat = inside.path().join("mycat");
+    std::fs::copy("/usr/bin/cat", &mycat).unwrap();
+    std::fs::write(inside.path().join("data"), "secret-data\n").unwrap();
+    let script = inside.path().join("agent.sh");
+    let spec_for =
+        |script: &Path| ConfineSpec::for_program(script, &[inside.path().to_path_buf()]).unwrap();
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let loader = spec_for(&script)
+        .exec
+        .iter()
+        .find(|p| p.to_string_lossy().contains("ld-linux"))
+        .cloned()
+        .expect("the loader is on the exec list");
+    let libc_so = [
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/aarch64-linux-gnu/libc.so.6",
+    ]
+    .iter()
+    .map(Path::new)
+    .find(|p| p.exists())
+    .expect("glibc's libc.so.6")
+    .to_path_buf();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             ./mycat data 2>/dev/null && echo direct-ran || echo direct-refused\n\
+             {ld} ./mycat data 2>/dev/null && echo loader-copied-ran || echo loader-copied-refused\n\
+             {ld} /usr/bin/cat data 2>/dev/null && echo loader-system-ran || echo loader-system-refused\n\
+             {ld} {libc} >/dev/null 2>&1 && echo loader-lib-ran || echo loader-lib-refused\n",
+            ld = loader.display(),
+            libc = libc_so.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spec = spec_for(&script);
+    let prepared = Arc::new(confine::prepare(&spec).unwrap());
+    assert_eq!(
+        prepared.keep_exec.len(),
+        1,
+        "the agent's own script stays executable"
+    );
+    let lines = |layers| {
+        let out = run(&script, &[], inside.path(), &prepared, layers);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    // Unconfined, all three run.
+    let free = lines(Layers::None);
+    for l in [
+        "direct-ran",
+        "loader-copied-ran",
+        "loader-system-ran",
+        "loader-lib-ran",
+    ] {
+        assert!(free.lines().any(|x| x == l), "{l}: {free}");
+    }
+    // Landlock alone stops the direct exec, not the loader: the finding.
+    let landlock = lines(Layers::NoMounts);
+    for l in ["direct-refused", "loader-copied-ran"] {
+        assert!(landlock.lines().any(|x| x == l), "{l}: {landlock}");
+    }
+    // With the noexec mounts the copied binary cannot be mapped, and
+    // /usr/bin is not readable; an executable in a library tree still runs
+    // through the loader (the limit).
+    let confined = lines(Layers::Both);
+    for l in [
+        "direct-refused",
+        "loader-copied-refused",
+        "loader-system-refused",
+        "loader-lib-ran",
+    ] {
+        assert!(confined.lines().any(|x| x == l), "{l}: {confined}");
+    }
+    // Nothing was mounted in the test's own namespace.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&inside.path().to_string_lossy().to_string()));
 }
 
 #[test]

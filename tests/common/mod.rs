@@ -74,6 +74,10 @@ impl Env {
         );
         let config = d.join("warden.toml");
         std::fs::write(&config, text).unwrap();
+        // Agents' `env` may hold secrets: the daemon refuses a config that
+        // every user can read (the package installs it 0640 root:warden).
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         Env {
             stderr_path: d.join("daemon.stderr"),
             dir,

@@ -337,7 +337,7 @@ sed 's/^/       /' <<<"$modes"
 check "directory modes" test "$modes" = "/safety 755 root:root
 /var/lib/warden 700 root:root
 /var/log/warden 750 root:warden
-/etc/warden/warden.toml 644 root:root"
+/etc/warden/warden.toml 640 root:warden"
 check "enabled at boot" test "$(c systemctl is-enabled warden.service)" = enabled
 
 # ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long)]
     reason: String,
     /// How long the authorization stays valid, e.g. "10m".
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = warden_core::units::parse_duration, default_value = "10m")]
     valid_for: Duration,
     /// The host it is for (its /etc/machine-id; `warden status` shows it).
     /// Default: this host.

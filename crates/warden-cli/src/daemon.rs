@@ -10,6 +10,11 @@ pub struct Args {
     /// Configuration file.
     #[arg(long, default_value = warden_core::config::SYSTEM_CONFIG)]
     config: PathBuf,
+    /// Begin a new audit chain when the audit database is missing, empty
+    /// or unreadable (an unreadable one is moved aside); recorded as a
+    /// `new_audit_chain` safety event. Without it such a start is refused.
+    #[arg(long)]
+    new_audit_chain: bool,
 }
 
 /// Logs to stderr (the journal under systemd) at the level named by
@@ -40,6 +45,7 @@ pub fn run(a: Args) -> i32 {
         cfg,
         Options {
             config_path: a.config,
+            new_audit_chain: a.new_audit_chain,
             ..Default::default()
         },
     )
@@ -56,6 +62,9 @@ pub fn start(cfg: Config, opts: Options) -> i32 {
                 DaemonError::NotPrivileged(_) => super::exit::PERMISSION,
                 // The tool registry is configuration too.
                 DaemonError::Broker(_) => super::exit::CONFIG,
+                DaemonError::InsecureDir { .. } | DaemonError::AuditChainLost { .. } => {
+                    super::exit::UNSAFE_STATE
+                }
                 _ => super::exit::FAILED,
             }
         }

@@ -9,7 +9,7 @@ use warden_daemon::daemon::Options;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Touch the stop file by itself after this long (e.g. "5s").
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = warden_core::units::parse_duration)]
     halt_after: Option<Duration>,
 }
 
@@ -63,6 +63,7 @@ pub fn run(a: Args) -> i32 {
             config_path: path,
             print_reports: true,
             exit_after_halt: true,
+            ..Default::default()
         },
     );
     // safety_events.jsonl carries the append-only attribute: clear it first.

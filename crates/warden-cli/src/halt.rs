@@ -20,7 +20,10 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         eprintln!("warden: --reason must not be empty");
         return super::exit::USAGE;
     }
-    match call(socket, &Request::Halt { reason: a.reason }) {
+    // The daemon cuts long reasons too; cutting here keeps the request
+    // under the socket's line limit.
+    let reason = warden_proto::control::truncate_reason(&a.reason);
+    match call(socket, &Request::Halt { reason }) {
         Ok(v) if a.json => {
             print_json(&v);
             0
@@ -38,6 +41,20 @@ pub fn run(socket: &Path, a: Args) -> i32 {
                 h["survivors"].as_array().map(|s| s.len()).unwrap_or(0)
             );
             println!("SAFE MODE: resume with `warden resume --reason TEXT`");
+            if h["verified_empty"] == false {
+                println!(
+                    "NOT VERIFIED EMPTY: {}",
+                    h["errors"]
+                        .as_array()
+                        .map(|e| e
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                );
+                return super::exit::FAILED;
+            }
             if h["survivors"].as_array().is_some_and(|s| !s.is_empty()) {
                 return super::exit::FAILED;
             }

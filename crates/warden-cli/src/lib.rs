@@ -46,6 +46,10 @@ pub mod exit {
     pub const ALREADY_RUNNING: i32 = 5;
     /// Not allowed: not root, or not in group warden for the socket.
     pub const PERMISSION: i32 = 6;
+    /// The daemon refused to start on unsafe state: a state or log
+    /// directory others can write, or a lost audit chain (see
+    /// `--new-audit-chain`).
+    pub const UNSAFE_STATE: i32 = 7;
 }
 
 #[derive(Debug, Parser)]

@@ -57,6 +57,8 @@ pub enum ConfineError {
     },
     #[error("{path}: {reason}")]
     BadInterp { path: PathBuf, reason: &'static str },
+    #[error("cannot prepare writable directory {path} for a noexec mount: {reason}")]
+    WritePath { path: PathBuf, reason: String },
     #[error("seccomp filtering is not built for this architecture")]
     UnsupportedArch,
 }
@@ -76,8 +78,24 @@ pub struct ConfineSpec {
     pub write: Vec<PathBuf>,
 }
 
-/// Read-only trees every brokered agent gets.
-pub const DEFAULT_READ: &[&str] = &["/usr", "/lib", "/lib64", "/etc", "/bin", "/sbin"];
+/// Read-only trees every brokered agent gets: libraries, data and
+/// configuration, but not the program directories (`/usr/bin`, `/bin`,
+/// `/sbin`, `/usr/libexec`...). Reading a program is all the ELF loader
+/// needs to run it (`ld-linux-x86-64.so.2 /usr/bin/curl`), and the loader
+/// must stay executable; programs on the exec list are readable through
+/// their own rule.
+pub const DEFAULT_READ: &[&str] = &[
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/lib32",
+    "/usr/share",
+    "/usr/include",
+    "/usr/local/lib",
+    "/usr/local/share",
+    "/lib",
+    "/lib64",
+    "/etc",
+];
 
 /// Devices nearly every program opens for writing.
 pub const DEFAULT_WRITE: &[&str] = &["/dev/null"];
@@ -110,13 +128,25 @@ pub struct Prepared {
     pub abi: u32,
     /// The seccomp program.
     pub filter: Vec<libc::sock_filter>,
+    /// The directories of [`ConfineSpec::write`], canonical, which the
+    /// child remounts noexec in a mount namespace of its own
+    /// (`sys::confine::noexec_writable`).
+    pub noexec: Vec<std::ffi::CString>,
+    /// Files of [`ConfineSpec::exec`] beneath a `noexec` directory: they
+    /// stay executable (bind-mounted onto themselves first).
+    pub keep_exec: Vec<std::ffi::CString>,
 }
 
 impl Prepared {
     /// Raw view for the child (`sys::confine::apply_in_child`); build it
     /// before fork.
     pub fn raw(&self) -> PreparedRaw<'_> {
-        PreparedRaw::new(self.ruleset.as_fd(), &self.filter)
+        PreparedRaw::new(
+            self.ruleset.as_fd(),
+            &self.filter,
+            &self.noexec,
+            &self.keep_exec,
+        )
     }
 }
 
@@ -168,10 +198,34 @@ pub fn prepare(spec: &ConfineSpec) -> Result<Prepared, ConfineError> {
     }
     let fd: Option<OwnedFd> = ruleset.into();
     let ruleset = fd.ok_or(ConfineError::NoLandlock)?;
+    let mut noexec = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for dir in spec.write.iter().filter(|p| p.is_dir()) {
+        let bad = |reason: String| ConfineError::WritePath {
+            path: dir.clone(),
+            reason,
+        };
+        let canon = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
+        let c = std::ffi::CString::new(canon.as_os_str().as_bytes())
+            .map_err(|_| bad("the path contains a NUL byte".into()))?;
+        if !noexec.contains(&c) {
+            noexec.push(c);
+            dirs.push(canon);
+        }
+    }
+    // exec_closure's paths are canonical already.
+    let keep_exec = spec
+        .exec
+        .iter()
+        .filter(|f| dirs.iter().any(|d| f.starts_with(d)))
+        .filter_map(|f| std::ffi::CString::new(f.as_os_str().as_bytes()).ok())
+        .collect();
     Ok(Prepared {
         ruleset,
         abi: abi_n,
         filter: seccomp_filter()?,
+        noexec,
+        keep_exec,
     })
 }
 

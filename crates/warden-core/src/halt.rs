@@ -56,11 +56,18 @@ pub struct Report {
     pub agents: Vec<String>,
     /// Problems met on the way; the ladder goes on past each.
     pub errors: Vec<String>,
+    /// The kernel said the scope is empty (`populated 0`, read without an
+    /// error). False when a cgroup file could not be read: then nobody
+    /// knows, and an empty `survivors` does not mean that nothing survived.
+    #[serde(default)]
+    pub verified_empty: bool,
 }
 
 impl Report {
+    /// True only when the kernel confirmed the scope empty; a read error
+    /// anywhere in the verification is never taken for "empty".
     pub fn complete(&self) -> bool {
-        self.survivors.is_empty()
+        self.verified_empty && self.survivors.is_empty()
     }
 }
 
@@ -201,6 +208,21 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
     // frozen state on its own instead of all at once).
     let mut attempts = 0;
     let mut survivors = Vec::new();
+    let mut verified_empty = false;
+    // Errors of the emptiness checks: a read that fails means "not known
+    // empty" (fail closed), and is reported once per distinct message.
+    let read_errors = std::cell::RefCell::new(Vec::<String>::new());
+    let empty = |c: &dyn Cgroup| match c.populated() {
+        Ok(p) => !p,
+        Err(e) => {
+            let msg = format!("read populated: {e}");
+            let mut errs = read_errors.borrow_mut();
+            if !errs.contains(&msg) {
+                errs.push(msg);
+            }
+            false
+        }
+    };
     while attempts < KILL_ATTEMPTS {
         attempts += 1;
         if let Err(e) = scope.kill() {
@@ -212,24 +234,39 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         if let Err(e) = scope.thaw() {
             errors.push(format!("thaw: {e}"));
         }
-        if wait_until(scope, empty_deadline, |c| !c.populated().unwrap_or(true)) {
+        if wait_until(scope, empty_deadline, empty) {
             survivors.clear();
+            verified_empty = true;
             break;
         }
-        survivors = scope.procs().unwrap_or_default();
+        let listed = match scope.procs() {
+            Ok(p) => {
+                survivors = p;
+                format!("survivors {survivors:?}")
+            }
+            Err(e) => format!("survivors unknown (list processes: {e})"),
+        };
         tracing::error!(
-            "halt {id}: cgroup {} not empty after {} (attempt {attempts}); survivors: {survivors:?}",
+            "halt {id}: cgroup {} not known empty after {} (attempt {attempts}); {listed}",
             scope.path(),
             humantime::format_duration(empty_deadline)
         );
         errors.push(format!(
-            "not empty after attempt {attempts}: survivors {survivors:?}"
+            "not known empty after attempt {attempts}: {listed}"
         ));
         // Freeze again so nothing can fork between reading pids and killing.
         let _ = scope.freeze();
         wait_until(scope, FREEZE_TIMEOUT, |c| c.is_frozen().unwrap_or(false));
     }
     t.empty_us = us(t0);
+    errors.extend(read_errors.into_inner());
+    if !verified_empty {
+        tracing::error!(
+            "halt {id}: cgroup {} NOT verified empty after {attempts} attempts: {}",
+            scope.path(),
+            errors.join("; ")
+        );
+    }
     // The output tails are warden's own memory, not the agents': added after
     // the kill, off the critical path.
     for (a, m) in agents.iter_mut().zip(members) {
@@ -249,6 +286,7 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         kill_attempts: attempts,
         agents: members.iter().map(|m| m.name.clone()).collect(),
         errors,
+        verified_empty,
     };
     (report, ev)
 }

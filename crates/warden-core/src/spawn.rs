@@ -22,6 +22,8 @@ pub enum SpawnError {
     UnknownGroup { agent: String, group: String },
     #[error("agent {agent}: user {user:?} is root; set allow_root = true to allow it")]
     RootNotAllowed { agent: String, user: String },
+    #[error("agent {agent}: group {group:?} is gid 0 (root); set allow_root = true to allow it")]
+    RootGroupNotAllowed { agent: String, group: String },
     #[error("agent {agent}: {what}: {source}")]
     Io {
         agent: String,
@@ -100,6 +102,12 @@ pub fn resolve_identity(a: &AgentConfig) -> Result<Identity, SpawnError> {
             agent: name.clone(),
             group: g.clone(),
         })?;
+        if gid == 0 && !a.allow_root {
+            return Err(SpawnError::RootGroupNotAllowed {
+                agent: name,
+                group: g.clone(),
+            });
+        }
     }
     let groups = CString::new(uname.as_bytes())
         .ok()

@@ -18,6 +18,40 @@ pub enum StopFileError {
     },
 }
 
+/// The armed placeholder next to the stop file, `DIR/.NAME.armed` (for the
+/// default, `/safety/.STOP.armed`). Its own presence means nothing; moving or
+/// hard-linking it to the stop file's name halts like creating the stop
+/// file, and needs no new inode, so it works on a filesystem whose inodes an
+/// agent has used up (`touch STOP` fails there with ENOSPC).
+pub fn placeholder_path(stop: &Path) -> PathBuf {
+    let name = stop
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "STOP".into());
+    stop.with_file_name(format!(".{name}.armed"))
+}
+
+/// Creates the placeholder (empty, 0600, owned by the caller: root) unless
+/// it exists; returns whether it created it.
+pub fn arm_placeholder(stop: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = placeholder_path(stop);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+    {
+        Ok(f) => {
+            f.sync_all()?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Is something at `path`? Any answer but "no such file" counts as yes (fail closed).
 pub fn present(path: &Path) -> bool {
     match std::fs::symlink_metadata(path) {

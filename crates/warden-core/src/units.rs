@@ -61,16 +61,51 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (use e.g. \"5s\", \"250ms\", \"2m\")"
-            ))
-        })
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
+}
+
+/// The longest duration warden accepts anywhere (config or request): ten
+/// years. Anything longer is a typo or an attack, and `Instant + d` of an
+/// unbounded `d` panics (which aborts the daemon).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses "5s", "250ms", "1m 30s" (humantime), refusing values that
+/// overflow or exceed [`MAX_DURATION`], with an error that names the value.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. \"5s\", \"250ms\", \"2m\")"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "invalid duration {s:?}: longer than the maximum of {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_that_overflow_or_exceed_the_maximum_are_refused() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        let e = parse_duration("99999999999999999999s").unwrap_err();
+        assert!(e.contains("99999999999999999999s"), "{e}");
+        let e = parse_duration("500000000y").unwrap_err();
+        assert!(e.contains("maximum"), "{e}");
+        assert!(parse_duration("11y").is_err());
+        assert!(parse_duration("9y").is_ok());
+        // Whatever passes can be added to now without a panic.
+        let _ = std::time::Instant::now() + parse_duration("3650days").unwrap();
     }
 }

@@ -3,12 +3,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use warden_proto::control::{parse_request, ErrorKind, Request, Response, MAX_LINE};
+use warden_proto::control::{parse_request, salvage_halt, ErrorKind, Request, Response, MAX_LINE};
 use warden_proto::frame::{self, Frame};
 
 /// A request for the main loop, with who sent it and where to answer.
@@ -43,19 +45,66 @@ pub fn bind(path: &Path, group: &str) -> std::io::Result<std::os::unix::net::Uni
     Ok(l)
 }
 
+/// Most control connections open at once. Each costs a descriptor; without
+/// a cap, idle connections could use up the daemon's descriptors and with
+/// them its ability to read cgroups during a halt. Over the cap a new
+/// connection gets one error line and is closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections kept for root beyond [`MAX_CONNECTIONS`], so that members of
+/// the socket's group cannot lock root out (`warden halt` by root works
+/// while the cap is full).
+pub const ROOT_RESERVE: usize = 8;
+/// A connection that sends no complete request for this long is closed
+/// (with an error line): clients that keep one open must reconnect.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Serves until the process ends; each connection gets its own task.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let root_slots = Arc::new(Semaphore::new(ROOT_RESERVE));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, tx.clone()));
+                let permit = slots.clone().try_acquire_owned().or_else(|e| {
+                    match stream.peer_cred().map(|c| c.uid()) {
+                        Ok(0) => root_slots.clone().try_acquire_owned(),
+                        _ => Err(e),
+                    }
+                });
+                match permit {
+                    Ok(permit) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            connection(stream, tx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "control socket: {MAX_CONNECTIONS} connections open; refusing another"
+                        );
+                        tokio::spawn(refuse(stream));
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!("control socket accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Tells a connection over the cap why it is closed, then closes it.
+async fn refuse(stream: UnixStream) {
+    let (_, mut wr) = stream.into_split();
+    let r = Response::err(
+        ErrorKind::Refused,
+        format!(
+            "too many control connections ({MAX_CONNECTIONS} open); close idle ones and try again"
+        ),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), write(&mut wr, &r)).await;
 }
 
 async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
@@ -69,48 +118,76 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
     let mut line = Vec::new();
     loop {
         // Bounded read: a line longer than MAX_LINE is refused, not buffered.
-        let frame = match frame::read_line(&mut rd, &mut line, MAX_LINE).await {
-            Ok(Frame::Eof) | Err(_) => return,
-            Ok(f) => f,
-        };
-        let resp = if frame == Frame::TooLong {
-            let r = Response::err(
-                ErrorKind::BadRequest,
-                format!("bad request: line longer than {MAX_LINE} bytes"),
-            );
-            let _ = write(&mut wr, &r).await;
-            return;
-        } else {
-            match std::str::from_utf8(&line)
-                .map_err(|_| "bad request: not UTF-8".to_string())
-                .and_then(|s| parse_request(s.trim()))
+        let frame = {
+            match tokio::time::timeout(IDLE_TIMEOUT, frame::read_line(&mut rd, &mut line, MAX_LINE))
+                .await
             {
-                Err(e) => Response::err(ErrorKind::BadRequest, e),
-                Ok(request) => {
-                    let (reply, rx) = oneshot::channel();
-                    if tx
-                        .send(Command {
-                            request,
-                            uid,
-                            pid,
-                            reply,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    match rx.await {
-                        Ok(r) => r,
-                        Err(_) => Response::err(ErrorKind::Failed, "daemon is shutting down"),
-                    }
+                Ok(Ok(Frame::Eof)) | Ok(Err(_)) => return,
+                Ok(Ok(f)) => f,
+                Err(_) => {
+                    let r = Response::err(
+                        ErrorKind::Refused,
+                        format!(
+                            "idle for {}; closing",
+                            humantime::format_duration(IDLE_TIMEOUT)
+                        ),
+                    );
+                    let _ = write(&mut wr, &r).await;
+                    return;
                 }
             }
+        };
+        if frame == Frame::TooLong {
+            // A halt is never refused for its size; anything else is.
+            let r = match salvage_halt(&line) {
+                Some(request) => ask(&tx, request, uid, pid).await,
+                None => Some(Response::err(
+                    ErrorKind::BadRequest,
+                    format!("bad request: line longer than {MAX_LINE} bytes"),
+                )),
+            };
+            if let Some(r) = r {
+                let _ = write(&mut wr, &r).await;
+            }
+            return;
+        }
+        let resp = match std::str::from_utf8(&line)
+            .map_err(|_| "bad request: not UTF-8".to_string())
+            .and_then(|s| parse_request(s.trim()))
+        {
+            Err(e) => Response::err(ErrorKind::BadRequest, e),
+            Ok(request) => match ask(&tx, request, uid, pid).await {
+                Some(r) => r,
+                None => return,
+            },
         };
         if write(&mut wr, &resp).await.is_err() {
             return;
         }
     }
+}
+
+/// Hands a request to the main loop and waits for its answer; None when the
+/// loop is gone.
+async fn ask(
+    tx: &mpsc::Sender<Command>,
+    request: Request,
+    uid: u32,
+    pid: Option<i32>,
+) -> Option<Response> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Command {
+        request,
+        uid,
+        pid,
+        reply,
+    })
+    .await
+    .ok()?;
+    Some(match rx.await {
+        Ok(r) => r,
+        Err(_) => Response::err(ErrorKind::Failed, "daemon is shutting down"),
+    })
 }
 
 async fn write(wr: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {

@@ -340,6 +340,9 @@ impl AgentWatch {
 pub struct HostSample {
     /// (path, free bytes) of the filesystems warden writes to.
     pub disk_free: Vec<(String, u64)>,
+    /// (directory, free inodes) of the stop file's filesystem; None where
+    /// the filesystem has no inode limit (it reports zero inodes in all).
+    pub stop_inodes: Option<(String, u64)>,
     pub mem_available: Option<u64>,
     pub load1: Option<f64>,
     pub cores: usize,
@@ -368,6 +371,21 @@ pub fn check_host(
                 "disk_free",
                 format!("{} free on {path}", bytesize::ByteSize(*free)),
                 format!("at least {}", bytesize::ByteSize(t.disk_free_min)),
+            ));
+        }
+    }
+    if let Some((dir, free)) = &s.stop_inodes {
+        readings.insert(
+            "stop_inodes".into(),
+            reading(*free as f64, t.stop_inodes_min as f64, "inodes"),
+        );
+        if *free < t.stop_inodes_min && breach.is_none() && t.on("stop_inodes") {
+            breach = Some(host(
+                "stop_inodes",
+                format!(
+                    "{free} free inodes on the filesystem of {dir}, where the stop file is created"
+                ),
+                format!("at least {}", t.stop_inodes_min),
             ));
         }
     }
@@ -414,8 +432,13 @@ pub fn proc_write_bytes(pids: &[i32]) -> Vec<(i32, u64)> {
         .collect()
 }
 
-/// Reads the host sample from /proc and statvfs.
-pub fn sample_host(paths: &[&std::path::Path]) -> HostSample {
+/// Reads the host sample from /proc and statvfs; `stop_dir` is the stop
+/// file's directory.
+pub fn sample_host(paths: &[&std::path::Path], stop_dir: &std::path::Path) -> HostSample {
+    let stop_inodes = nix::sys::statvfs::statvfs(stop_dir)
+        .ok()
+        .filter(|v| v.files() > 0)
+        .map(|v| (stop_dir.display().to_string(), v.files_available()));
     let mut disk_free = Vec::new();
     for p in paths {
         if let Ok(v) = nix::sys::statvfs::statvfs(*p) {
@@ -436,6 +459,7 @@ pub fn sample_host(paths: &[&std::path::Path]) -> HostSample {
         .and_then(|l| l.split_whitespace().next()?.parse().ok());
     HostSample {
         disk_free,
+        stop_inodes,
         mem_available,
         load1,
         cores: std::thread::available_parallelism()
@@ -644,6 +668,7 @@ mod tests {
         let mut rd = BTreeMap::new();
         let ok = HostSample {
             disk_free: vec![("/var".into(), 1 << 30)],
+            stop_inodes: Some(("/safety".into(), 1000)),
             mem_available: Some(1 << 30),
             load1: Some(1.0),
             cores: 2,
@@ -652,6 +677,16 @@ mod tests {
         let mut s = ok.clone();
         s.disk_free[0].1 = 1 << 20;
         assert_eq!(check_host(&th, &s, &mut rd).unwrap().monitor, "disk_free");
+        let mut s = ok.clone();
+        s.stop_inodes = Some(("/safety".into(), 0));
+        let b = check_host(&th, &s, &mut rd).unwrap();
+        assert_eq!(b.monitor, "stop_inodes");
+        assert!(b.value.contains("0 free inodes") && b.value.contains("/safety"));
+        let off = Thresholds {
+            disabled: vec!["stop_inodes".into()],
+            ..th.clone()
+        };
+        assert!(check_host(&off, &s, &mut rd).is_none());
         let mut s = ok.clone();
         s.mem_available = Some(1 << 20);
         assert_eq!(check_host(&th, &s, &mut rd).unwrap().monitor, "host_memory");

@@ -13,6 +13,63 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Longest reason kept for a halt; longer ones are cut (never refused: a
+/// halt must not fail because of its reason) and end with a marker.
+pub const MAX_REASON: usize = 4096;
+
+/// Cuts `reason` to at most [`MAX_REASON`] bytes plus a marker that says
+/// how much was dropped; shorter reasons are returned as they are.
+pub fn truncate_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} [truncated: {} more bytes]",
+        &reason[..end],
+        reason.len() - end
+    )
+}
+
+/// A request line longer than [`MAX_LINE`] cannot be parsed, but if its
+/// start reads as a halt it is one: a halt is never refused for its size.
+/// The reason is the raw (still JSON-escaped) start of the `reason` string,
+/// marked as truncated. A line that merely mentions `"cmd":"halt"` inside
+/// another field halts too; the socket's users may halt anyway.
+pub fn salvage_halt(prefix: &[u8]) -> Option<Request> {
+    let text = String::from_utf8_lossy(prefix);
+    if !text.trim_start().starts_with('{') || string_value(&text, "cmd")? != "halt" {
+        return None;
+    }
+    let raw: String = string_value(&text, "reason")
+        .unwrap_or_default()
+        .chars()
+        .take(1024)
+        .collect();
+    Some(Request::Halt {
+        reason: format!("{raw} [truncated: request longer than {MAX_LINE} bytes]"),
+    })
+}
+
+/// The raw text of `"key": "value"` up to its closing quote (or the end of
+/// `text`), without unescaping.
+fn string_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return Some(&rest[..i]),
+            _ => escaped = false,
+        }
+    }
+    Some(rest)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
@@ -217,6 +274,40 @@ mod tests {
             parse_request(r#"{"cmd":"status"}"#).unwrap(),
             Request::Status
         );
+    }
+
+    #[test]
+    fn long_reasons_are_cut_with_a_marker() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(MAX_REASON);
+        let t = truncate_reason(&long);
+        assert!(t.len() < MAX_REASON + 64, "{}", t.len());
+        assert!(t.ends_with("more bytes]"), "{t}");
+    }
+
+    #[test]
+    fn an_oversized_halt_is_still_a_halt() {
+        let line = serde_json::to_string(&Request::Halt {
+            reason: "x".repeat(2 * MAX_LINE),
+        })
+        .unwrap();
+        match salvage_halt(&line.as_bytes()[..MAX_LINE + 1]) {
+            Some(Request::Halt { reason }) => {
+                assert!(reason.starts_with("xxx") && reason.contains("truncated"));
+                assert!(reason.len() < 2048);
+            }
+            other => panic!("{other:?}"),
+        }
+        let spaced = format!(
+            "{{ \"cmd\" : \"halt\", \"reason\": \"{}",
+            "y".repeat(MAX_LINE)
+        );
+        assert!(matches!(
+            salvage_halt(spaced.as_bytes()),
+            Some(Request::Halt { .. })
+        ));
+        let status = format!("{{\"cmd\":\"status\",\"x\":\"{}", "y".repeat(MAX_LINE));
+        assert_eq!(salvage_halt(status.as_bytes()), None);
     }
 
     #[test]

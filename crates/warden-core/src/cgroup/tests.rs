@@ -660,3 +660,104 @@ fn errors_name_path_and_data() {
         "{e}"
     );
 }
+
+// ---- the halt ladder fails closed on read errors ------------------------------
+
+/// A halt that cannot read `cgroup.procs` (descriptors exhausted, say) must
+/// not report "0 survivors, complete" while the cgroup is still populated.
+#[test]
+fn halt_with_unreadable_procs_is_not_complete_and_names_the_error() {
+    let m = MockCgroupFs::new(MockKind::V2);
+    let mgr = manager(&m, None);
+    m.cgroup("/warden/agents/a");
+    m.write(
+        "",
+        "/warden/agents",
+        "cgroup.events",
+        "populated 1\nfrozen 1\n",
+    );
+    m.write(
+        "",
+        "/warden/agents/a",
+        "cgroup.procs",
+        "Too many open files\n",
+    );
+    let scope = mgr.agents();
+    let agent = mgr.agent("a");
+    let members = [crate::halt::Member {
+        name: "a".into(),
+        cgroup: agent.as_ref(),
+        log: None,
+    }];
+    let (report, _) = crate::halt::run(&crate::halt::Request {
+        id: None,
+
+        scope: scope.as_ref(),
+
+        members: &members,
+
+        trigger: "test",
+
+        reason: "r",
+
+        hard: true,
+
+        seen_at: std::time::Instant::now(),
+
+        empty_deadline: std::time::Duration::from_millis(5),
+    });
+    assert!(!report.complete(), "{report:?}");
+    assert!(!report.verified_empty);
+    let errors = report.errors.join("\n");
+    assert!(errors.contains("list processes"), "{errors}");
+    assert!(errors.contains("expected a pid"), "{errors}");
+    assert!(errors.contains("survivors unknown"), "{errors}");
+}
+
+/// The same when the emptiness itself cannot be read.
+#[test]
+fn halt_with_unreadable_populated_is_not_complete() {
+    let m = MockCgroupFs::new(MockKind::V2);
+    let mgr = manager(&m, None);
+    m.cgroup("/warden/agents");
+    m.write("", "/warden/agents", "cgroup.events", "frozen 1\n");
+    let scope = mgr.agents();
+    let (report, _) = crate::halt::run(&crate::halt::Request {
+        id: None,
+        scope: scope.as_ref(),
+        members: &[],
+        trigger: "test",
+        reason: "r",
+        hard: true,
+        seen_at: std::time::Instant::now(),
+        empty_deadline: std::time::Duration::from_millis(5),
+    });
+    assert!(!report.complete(), "{report:?}");
+    assert!(report.survivors.is_empty());
+    let errors = report.errors.join("\n");
+    assert!(errors.contains("read populated"), "{errors}");
+}
+
+#[test]
+fn halt_of_an_empty_cgroup_is_complete() {
+    let m = MockCgroupFs::new(MockKind::V2);
+    let mgr = manager(&m, None);
+    m.cgroup("/warden/agents");
+    m.write(
+        "",
+        "/warden/agents",
+        "cgroup.events",
+        "populated 0\nfrozen 1\n",
+    );
+    let (report, _) = crate::halt::run(&crate::halt::Request {
+        id: None,
+        scope: mgr.agents().as_ref(),
+        members: &[],
+        trigger: "test",
+        reason: "r",
+        hard: true,
+        seen_at: std::time::Instant::now(),
+        empty_deadline: std::time::Duration::from_millis(5),
+    });
+    assert!(report.complete(), "{report:?}");
+}

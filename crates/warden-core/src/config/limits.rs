@@ -33,6 +33,9 @@ pub struct LimitsConfig {
     pub disk_free_min: Option<Bytes>,
     /// Host: minimum MemAvailable (default 64M).
     pub host_memory_min: Option<Bytes>,
+    /// Host: minimum free inodes (statvfs f_favail) on the stop file's
+    /// filesystem (default 64): with none left, `touch STOP` fails (ENOSPC).
+    pub stop_inodes_min: Option<u64>,
     /// Host: maximum 1-minute load average per core (default: off; load
     /// counts tasks in uninterruptible sleep too, so it is opt-in).
     pub host_load_max: Option<f64>,
@@ -55,6 +58,7 @@ pub const MONITORS: &[&str] = &[
     "disk_free",
     "host_memory",
     "host_load",
+    "stop_inodes",
     "self_modification",
 ];
 
@@ -73,6 +77,7 @@ pub struct Thresholds {
     pub disk_free_min: u64,
     pub host_memory_min: u64,
     pub host_load_max: Option<f64>,
+    pub stop_inodes_min: u64,
     /// Monitors that never trip.
     pub disabled: Vec<String>,
 }
@@ -92,6 +97,7 @@ impl Default for Thresholds {
             disk_free_min: 64 << 20,
             host_memory_min: 64 << 20,
             host_load_max: None,
+            stop_inodes_min: 64,
             disabled: Vec::new(),
         }
     }
@@ -137,6 +143,9 @@ impl Thresholds {
             }
             if let Some(v) = l.host_load_max {
                 t.host_load_max = Some(v);
+            }
+            if let Some(v) = l.stop_inodes_min {
+                t.stop_inodes_min = v;
             }
             for d in &l.disable {
                 if !t.disabled.contains(d) {

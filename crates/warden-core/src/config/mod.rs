@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod host;
 pub mod limits;
 pub mod net;
 pub mod tools;
@@ -198,8 +199,10 @@ pub struct AgentConfig {
     pub missed: Option<u32>,
     /// `free` (default) or `brokered`: a Landlock ruleset lets the agent
     /// execute only its own program (and its interpreter and loader), write
-    /// only its `cwd` and `write_paths`, read system trees and `read_paths`;
-    /// a seccomp filter refuses ptrace, mount, modules, keyrings and the like.
+    /// only its `cwd` and `write_paths`, read the library, data and
+    /// configuration trees (not /usr/bin) and `read_paths`; its writable
+    /// directories are mounted noexec; a seccomp filter refuses ptrace,
+    /// mount, modules, keyrings and the like.
     #[serde(default)]
     pub exec: ExecMode,
     /// Brokered mode: more trees the agent may read.
@@ -402,12 +405,28 @@ pub struct Config {
 
 impl Config {
     /// Reads and validates a config file.
+    /// Besides [`Config::parse`], checks the file against the host: not
+    /// readable by others while an agent has `env` secrets, and a
+    /// `socket_group` that no agent belongs to.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::os::unix::fs::MetadataExt;
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let cfg = Self::parse(&text, path)?;
+        let mode = std::fs::metadata(path).map_err(read)?.mode();
+        host::check_file_mode(&cfg, mode).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
         })?;
-        Self::parse(&text, path)
+        host::check_socket_group(&cfg).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: find_key_line(&text, "socket_group"),
+            message,
+        })?;
+        Ok(cfg)
     }
 
     /// Parses and validates config text; `path` only names it in errors.
@@ -601,6 +620,12 @@ impl Config {
                     format!("agent {name}: user root needs allow_root = true"),
                 ));
             }
+            if a.group.as_deref().is_some_and(|g| g == "root" || g == "0") && !a.allow_root {
+                return Err(invalid(
+                    a.name.span(),
+                    format!("agent {name}: group root needs allow_root = true"),
+                ));
+            }
             if let Some(cpu) = a.cpu_max {
                 if !(cpu.is_finite() && cpu > 0.0 && cpu <= 4096.0) {
                     return Err(invalid(
@@ -642,6 +667,25 @@ impl Config {
                     a.name.span(),
                     format!("agent {name}: read_paths and write_paths must be absolute"),
                 ));
+            }
+            // Brokered mode mounts every writable directory noexec: a system
+            // tree there would stop the agent's own libraries from loading,
+            // and would let it replace them.
+            if a.exec == ExecMode::Brokered {
+                if let Some(p) = a.cwd.iter().chain(&a.write_paths).find(|p| {
+                    p.as_path() == Path::new("/")
+                        || ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]
+                            .iter()
+                            .any(|t| p.starts_with(t))
+                }) {
+                    return Err(invalid(
+                        a.name.span(),
+                        format!(
+                            "agent {name}: brokered mode cannot make {} writable (it would be mounted noexec and writable by the agent); give it a directory of its own",
+                            p.display()
+                        ),
+                    ));
+                }
             }
             if a.missed == Some(0) {
                 return Err(invalid(
@@ -869,6 +913,44 @@ restart    = "on-failure"
 
     fn err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn brokered_agents_cannot_write_system_trees() {
+        let a = "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nexec = \"brokered\"\n";
+        for bad in [
+            "cwd = \"/\"",
+            "write_paths = [\"/usr/local\"]",
+            "cwd = \"/etc\"",
+        ] {
+            let e = err(&format!("{a}{bad}\n"));
+            assert!(e.contains("brokered mode cannot make"), "{e}");
+        }
+        assert!(parse(&format!("{a}cwd = \"/srv/agent\"\n")).is_ok());
+        // Free agents may use / as their cwd, as before.
+        assert!(parse("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\ncwd = \"/\"\n").is_ok());
+    }
+
+    #[test]
+    fn group_root_needs_allow_root() {
+        let a = "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\n";
+        for g in ["root", "0"] {
+            let e = err(&format!("{a}group = \"{g}\"\n"));
+            assert!(e.contains("group root needs allow_root"), "{e}");
+        }
+        assert!(parse(&format!("{a}group = \"root\"\nallow_root = true\n")).is_ok());
+    }
+
+    #[test]
+    fn durations_that_overflow_are_refused_with_their_line() {
+        for d in ["99999999999999999999s", "500000000y"] {
+            let e = err(&format!("grace = \"1s\"\nempty_deadline = \"{d}\"\n"));
+            assert!(e.contains("line 2") && e.contains(d), "{e}");
+        }
+        let e = err(
+            "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nheartbeat = \"400000000000y\"\n",
+        );
+        assert!(e.contains("invalid duration"), "{e}");
     }
 
     #[test]

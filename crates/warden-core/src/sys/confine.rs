@@ -7,12 +7,14 @@
 //! allocation, no locks, no errno formatting.
 //!
 //! Required order in the child (see `sys::exec::child_after_fork`):
-//! setuid -> capset -> `PR_SET_NO_NEW_PRIVS` -> chdir -> [`restrict_landlock`]
+//! [`noexec_writable`] (needs CAP_SYS_ADMIN) -> setuid -> capset ->
+//! `PR_SET_NO_NEW_PRIVS` -> chdir (into the new mounts) -> [`restrict_landlock`]
 //! -> [`install_seccomp`] -> close_range -> execve. Both calls need
 //! no_new_privs (or CAP_SYS_ADMIN, which an agent no longer has). Landlock goes
 //! first so the seccomp filter never has to allow the landlock syscalls, and
 //! seccomp goes last so the fewest of our own calls run under it.
 
+use std::ffi::CString;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
@@ -28,6 +30,8 @@ pub enum ConfineStep {
     Landlock = 1,
     /// `prctl(PR_SET_SECCOMP)` failed.
     Seccomp = 2,
+    /// The mount namespace or a noexec bind mount failed.
+    Noexec = 3,
 }
 
 impl ConfineStep {
@@ -35,6 +39,7 @@ impl ConfineStep {
         match self {
             ConfineStep::Landlock => "apply the landlock ruleset",
             ConfineStep::Seccomp => "install the seccomp filter",
+            ConfineStep::Noexec => "mount its writable directories noexec",
         }
     }
 }
@@ -48,13 +53,22 @@ pub struct PreparedRaw<'a> {
     ruleset_fd: RawFd,
     /// The seccomp program, pointing into the borrowed filter.
     prog: libc::sock_fprog,
+    /// Directories to remount noexec (absolute, canonical).
+    noexec: &'a [CString],
+    /// Files on the exec list inside those directories, which keep exec.
+    keep_exec: &'a [CString],
     _borrow: PhantomData<&'a [libc::sock_filter]>,
 }
 
 impl<'a> PreparedRaw<'a> {
     /// Borrows a ruleset fd and a filter. The filter must be non-empty and at
     /// most `u16::MAX` instructions (`prepare` guarantees both).
-    pub fn new(ruleset: BorrowedFd<'a>, filter: &'a [libc::sock_filter]) -> Self {
+    pub fn new(
+        ruleset: BorrowedFd<'a>,
+        filter: &'a [libc::sock_filter],
+        noexec: &'a [CString],
+        keep_exec: &'a [CString],
+    ) -> Self {
         PreparedRaw {
             ruleset_fd: ruleset.as_raw_fd(),
             prog: libc::sock_fprog {
@@ -63,6 +77,8 @@ impl<'a> PreparedRaw<'a> {
                 // program in); sock_fprog declares it mutable.
                 filter: filter.as_ptr().cast_mut(),
             },
+            noexec,
+            keep_exec,
             _borrow: PhantomData,
         }
     }
@@ -128,6 +144,97 @@ pub unsafe fn install_seccomp(p: &PreparedRaw<'_>) -> Result<(), i32> {
     };
     if r != 0 {
         return Err(super::errno());
+    }
+    Ok(())
+}
+
+/// Gives the calling process a mount namespace of its own in which every
+/// directory of `p`'s noexec list is a bind mount of itself with noexec,
+/// nosuid and nodev. Landlock already refuses execve of anything the agent
+/// writes, but not mmap(PROT_EXEC): the ELF loader run directly
+/// (`ld-linux-x86-64.so.2 ./copied-binary`) maps a file it can read and
+/// runs it. On a noexec mount that mmap fails with EPERM (mmap(2)).
+/// Files of the exec list inside those directories (an agent's own script
+/// in its cwd) are first bind-mounted onto themselves, so that they keep
+/// exec under the noexec directory. Async-signal-safe.
+///
+/// # Safety
+/// Meant for the forked child while it still has CAP_SYS_ADMIN; `p` borrows
+/// NUL-terminated paths allocated before fork. The namespace's root is made
+/// a recursive slave first, so nothing mounted here reaches the host, while
+/// the host's later mounts and unmounts still reach the agent. Returns the
+/// errno on failure.
+pub unsafe fn noexec_writable(p: &PreparedRaw<'_>) -> Result<(), i32> {
+    let err = super::errno;
+    if p.noexec.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: unshare(2) takes a flag only; the caller is the single-threaded
+    // forked child (see # Safety).
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(err());
+    }
+    let none = c"none".as_ptr();
+    let root = c"/".as_ptr();
+    // SAFETY: mount(2) reads only NUL-terminated paths that `p` borrows
+    // from memory allocated before fork (alive until exec), or null.
+    if unsafe {
+        libc::mount(
+            none,
+            root,
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(err());
+    }
+    // Each kept file becomes a mount of its own (with the flags of the mount
+    // it is on now); the recursive bind of its directory below copies it,
+    // and the noexec remount changes only the directory's own mount.
+    for file in p.keep_exec {
+        let f = file.as_ptr();
+        // SAFETY: mount(2) reads only NUL-terminated paths that `p` borrows
+        // from memory allocated before fork (alive until exec), or null.
+        if unsafe { libc::mount(f, f, std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
+            return Err(err());
+        }
+    }
+    for dir in p.noexec {
+        let d = dir.as_ptr();
+        // SAFETY: mount(2) reads only NUL-terminated paths that `p` borrows
+        // from memory allocated before fork (alive until exec), or null.
+        if unsafe {
+            libc::mount(
+                d,
+                d,
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(err());
+        }
+        // SAFETY: mount(2) reads only NUL-terminated paths that `p` borrows
+        // from memory allocated before fork (alive until exec), or null.
+        if unsafe {
+            libc::mount(
+                std::ptr::null(),
+                d,
+                std::ptr::null(),
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_NOEXEC
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(err());
+        }
     }
     Ok(())
 }

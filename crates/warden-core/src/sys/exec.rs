@@ -77,6 +77,7 @@ pub enum Step {
     Landlock = 18,
     Seccomp = 19,
     Network = 20,
+    Noexec = 21,
 }
 
 impl Step {
@@ -103,6 +104,7 @@ impl Step {
             Landlock,
             Seccomp,
             Network,
+            Noexec,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -130,6 +132,7 @@ impl Step {
             Step::Landlock => "apply the landlock ruleset",
             Step::Seccomp => "install the seccomp filter",
             Step::Network => "enter its network namespace",
+            Step::Noexec => "mount its writable directories noexec",
         }
     }
 }
@@ -344,6 +347,20 @@ unsafe fn child_after_fork(
         // SAFETY: forked child, `err` is the error pipe (see above).
         unsafe { fail(err, Step::Network) };
     }
+    // 6c. Brokered mode: its writable directories noexec in a mount
+    // namespace of its own (CAP_SYS_ADMIN, so before the capabilities go;
+    // the chdir below then lands in the new mounts).
+    if let Some(p) = &plan.confine {
+        // SAFETY: single-threaded forked child, still privileged;
+        // `p.raw()` borrows the paths that `plan` keeps alive until exec.
+        if let Err(errno) = unsafe { crate::sys::confine::noexec_writable(&p.raw()) } {
+            // SAFETY: errno is thread-local; its location is valid for the
+            // calling thread (the child's only one).
+            unsafe { *libc::__errno_location() = errno };
+            // SAFETY: forked child, `err` is the error pipe (see above).
+            unsafe { fail(err, Step::Noexec) };
+        }
+    }
     // 7. Capabilities: the bounding set can only be dropped with CAP_SETPCAP,
     // so before setuid; ambient cleared so nothing is regained at exec.
     for cap in 0..=plan.cap_last {
@@ -443,6 +460,7 @@ unsafe fn child_after_fork(
                     match step {
                         crate::sys::confine::ConfineStep::Landlock => Step::Landlock,
                         crate::sys::confine::ConfineStep::Seccomp => Step::Seccomp,
+                        crate::sys::confine::ConfineStep::Noexec => Step::Noexec,
                     },
                 )
             };

@@ -76,3 +76,27 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (at most `cap`) and
+/// returns the new soft limit: the daemon's descriptors are what a halt
+/// reads cgroups with, and systemd's default soft limit is 1024. Agents get
+/// their own `rlimits.nofile` at spawn.
+pub fn raise_nofile(cap: u64) -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the live stack value above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let want = lim.rlim_max.min(cap).max(lim.rlim_cur);
+    if want != lim.rlim_cur {
+        lim.rlim_cur = want;
+        // SAFETY: setrlimit reads one rlimit from the live stack value above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}

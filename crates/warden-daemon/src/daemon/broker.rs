@@ -695,7 +695,11 @@ impl Daemon {
     }
 
     pub(super) fn approve(&mut self, id: &str, ttl: Option<String>, uid: u32) -> Response {
-        let ttl = match ttl.as_deref().map(humantime::parse_duration).transpose() {
+        let ttl = match ttl
+            .as_deref()
+            .map(warden_core::units::parse_duration)
+            .transpose()
+        {
             Ok(t) => t.unwrap_or(APPROVAL_TTL),
             Err(e) => return Response::err(ErrorKind::BadRequest, format!("ttl: {e}")),
         };

@@ -1,6 +1,6 @@
 //! The control socket's verbs: one match arm per verb in [`Daemon::answer`],
-//! each verb's handler small. Every command is audited with the caller's uid
-//! before it runs.
+//! each verb's handler small. Every command that changes something is
+//! audited with the caller's uid before it runs; reads are not.
 
 use std::path::Path;
 use std::time::Instant;
@@ -26,12 +26,21 @@ impl Daemon {
         if let Request::CredVerify { .. } = &c.request {
             data["token"] = json!("<redacted>");
         }
-        if let Err(e) = self.audit.record(audit_event(
-            "command",
-            None,
-            Some(c.uid),
-            json!({"request": data, "pid": c.pid}),
-        )) {
+        // Reads change nothing and are not audited: `logs -f` alone asks
+        // four times a second, which would bury the mutations.
+        let audited = if c.request.is_read() {
+            Ok(())
+        } else {
+            self.audit
+                .record(audit_event(
+                    "command",
+                    None,
+                    Some(c.uid),
+                    json!({"request": data, "pid": c.pid}),
+                ))
+                .map(drop)
+        };
+        if let Err(e) = audited {
             // Fail closed: nothing that changes state runs unaudited. Reads
             // still answer, so a human can see why everything stopped.
             self.audit_failed(&e.to_string());
@@ -112,6 +121,7 @@ impl Daemon {
                 if reason.trim().is_empty() {
                     return Response::err(ErrorKind::BadRequest, "halt needs a reason");
                 }
+                let reason = warden_proto::control::truncate_reason(&reason);
                 self.hard_halt("cli", &reason, Some(uid), now);
                 Response::ok(json!({"halt": self.last_halt}))
             }

@@ -41,6 +41,18 @@ impl Daemon {
 
     /// Freeze, evidence, kill, verify empty for every agent; then SAFE MODE.
     pub fn hard_halt(&mut self, trigger: &str, reason: &str, uid: Option<u32>, t0: Instant) {
+        // The latch first, before anything that needs descriptors or can
+        // fail (the ladder reads cgroup files): whatever happens next, the
+        // host comes back halted. Rewritten below with the halt's id.
+        if let Err(e) = safemode::set(
+            &self.cfg.latch_path(),
+            &Latch::new(trigger, reason, None, uid),
+        ) {
+            tracing::error!(
+                "cannot write SAFE MODE latch {}: {e}",
+                self.cfg.latch_path().display()
+            );
+        }
         let names: Vec<String> = self.slots.keys().cloned().collect();
         let scope = self.cg.agents();
         let members: Vec<Member<'_>> = self
@@ -103,6 +115,13 @@ impl Daemon {
             self.agent_down(n);
         }
         self.pending_survivors = !report.complete();
+        if !report.verified_empty {
+            tracing::error!(
+                "hard halt {}: the agents' cgroup is NOT verified empty ({}); retrying",
+                report.id,
+                report.errors.join("; ")
+            );
+        }
         self.print_report(&report);
         tracing::warn!(
             "hard halt {} ({trigger}: {reason}): {} processes, frozen {} us, killed {} us, empty {} us, survivors {:?}",
@@ -173,6 +192,9 @@ impl Daemon {
         println!("evidence  : {:>8.2} ms", ms(r.timings.evidence_us));
         println!("killed    : {:>8.2} ms", ms(r.timings.killed_us));
         println!("empty     : {:>8.2} ms", ms(r.timings.empty_us));
+        if !r.verified_empty {
+            println!("NOT VERIFIED EMPTY: the kernel could not confirm that nothing survived");
+        }
         println!(
             "survivors : {}",
             if r.survivors.is_empty() {

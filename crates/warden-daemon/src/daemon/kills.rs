@@ -46,7 +46,11 @@ impl Daemon {
             Ok(l) => l,
             Err(e) => return Response::err(ErrorKind::BadRequest, format!("levels: {e}")),
         };
-        let ttl = match ttl.as_deref().map(humantime::parse_duration).transpose() {
+        let ttl = match ttl
+            .as_deref()
+            .map(warden_core::units::parse_duration)
+            .transpose()
+        {
             Ok(t) => t,
             Err(e) => return Response::err(ErrorKind::BadRequest, format!("ttl: {e}")),
         };
@@ -275,17 +279,26 @@ impl Actuator for Levels<'_> {
     fn kill(&mut self, target: &Target) -> Result<String, String> {
         let mut killed = 0;
         let mut survivors = Vec::new();
+        let mut unverified = Vec::new();
         for name in self.d.targets(target) {
             let Some(report) = self.d.ladder_one(&name, "two_phase", self.reason, true) else {
                 continue;
             };
             killed += report.processes;
             survivors.extend(report.survivors.iter().copied());
+            if !report.verified_empty {
+                unverified.push(format!("{name} ({})", report.errors.join("; ")));
+            }
             // Down until an operator starts it again; not restarted.
             self.d.dispatch(&name, Event::Halted);
             self.d.slots.get_mut(&name).expect("slot").frozen = false;
         }
-        if survivors.is_empty() {
+        if !unverified.is_empty() {
+            Err(format!(
+                "cgroups not verified empty: {}; the kill is being retried",
+                unverified.join(", ")
+            ))
+        } else if survivors.is_empty() {
             Ok(format!("{killed} processes killed; cgroups verified empty"))
         } else {
             Err(format!(

@@ -71,6 +71,18 @@ pub enum DaemonError {
     Watchdog(#[from] warden_core::watchdog::WatchdogError),
     #[error("tool broker: {0}")]
     Broker(String),
+    #[error("{key} {path} is {problem}; warden keeps its state and logs where only root can write (chmod {fix} {path} and chown root)")]
+    InsecureDir {
+        key: &'static str,
+        path: PathBuf,
+        problem: String,
+        fix: &'static str,
+    },
+    #[error("the audit database {path} is {problem} although this state directory has run warden before (its keys exist): refusing to start a new audit chain silently; restore the database, or start with `warden daemon --new-audit-chain` to begin a new chain (audited as such)")]
+    AuditChainLost {
+        path: PathBuf,
+        problem: &'static str,
+    },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -91,6 +103,9 @@ pub struct Options {
     pub print_reports: bool,
     /// Exit after the first hard halt (the demo).
     pub exit_after_halt: bool,
+    /// Start a new audit chain when the database is missing, empty or
+    /// unreadable (`--new-audit-chain`); the new chain's first entries say so.
+    pub new_audit_chain: bool,
 }
 
 pub use mode::{Mode, ModeEvent};

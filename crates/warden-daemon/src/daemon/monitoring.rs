@@ -185,7 +185,9 @@ impl Daemon {
             ));
         }
         let paths = [self.cfg.state_dir.as_path(), self.cfg.log_dir.as_path()];
-        let host = monitor::sample_host(&paths);
+        let stop_dir = self.cfg.stop_file.parent().unwrap_or(Path::new("/"));
+        let host = monitor::sample_host(&paths, stop_dir);
+        self.rearm_stop_placeholder();
         if let Some(b) = monitor::check_host(&self.host_limits, &host, &mut self.host_readings) {
             first.get_or_insert(b);
         }
@@ -239,6 +241,31 @@ impl Daemon {
             .and_then(|s| s.watch.governance(rejected));
         if let Some(b) = b {
             self.breach(b, now);
+        }
+    }
+
+    /// Keeps the armed stop placeholder in place (it is used up when an
+    /// operator moves it to the stop file); a failure is logged once until
+    /// it succeeds again.
+    pub(super) fn rearm_stop_placeholder(&mut self) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static FAILED: AtomicBool = AtomicBool::new(false);
+        let placeholder = warden_core::stopfile::placeholder_path(&self.cfg.stop_file);
+        match warden_core::stopfile::arm_placeholder(&self.cfg.stop_file) {
+            Ok(created) => {
+                if created {
+                    tracing::info!("stop placeholder {} armed", placeholder.display());
+                }
+                FAILED.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !FAILED.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "cannot create the stop placeholder {}: {e}",
+                        placeholder.display()
+                    );
+                }
+            }
         }
     }
 }

@@ -57,6 +57,68 @@ pub(super) fn make_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Refuses a state or log directory that anyone but root can write: whoever
+/// can write there can replace the latch, the database or the logs.
+pub(super) fn check_private_dir(
+    key: &'static str,
+    path: &Path,
+    fix: &'static str,
+) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(io_err("cannot stat", path))?;
+    let problem = if m.mode() & 0o022 != 0 {
+        format!(
+            "writable by {} (mode {:04o})",
+            if m.mode() & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
+            m.mode() & 0o7777
+        )
+    } else if m.uid() != nix::unistd::geteuid().as_raw() {
+        format!("owned by uid {}", m.uid())
+    } else {
+        return Ok(());
+    };
+    Err(DaemonError::InsecureDir {
+        key,
+        path: path.to_owned(),
+        problem,
+        fix,
+    })
+}
+
+/// What became of the audit database since the last start, if it is gone.
+/// A state directory with keys has run warden before, so a missing or empty
+/// database there is a lost chain, not a first start.
+pub(super) fn lost_audit_chain(state_dir: &Path) -> Option<(PathBuf, &'static str)> {
+    let db = state_dir.join(audit::schema::DB_FILE);
+    if !state_dir.join("keys").exists() {
+        return None;
+    }
+    match std::fs::metadata(&db) {
+        Err(_) => Some((db, "missing")),
+        Ok(m) if m.len() == 0 => Some((db, "empty")),
+        Ok(_) => None,
+    }
+}
+
+/// Moves an unreadable database (and its WAL files) aside, for
+/// `--new-audit-chain`; returns where it went.
+fn move_aside(db: &Path) -> Option<PathBuf> {
+    let to = db.with_extension(format!("db.broken-{}", warden_core::clock::now_ms()));
+    std::fs::rename(db, &to).ok()?;
+    for ext in ["-wal", "-shm"] {
+        let mut from = db.as_os_str().to_owned();
+        from.push(ext);
+        let mut dst = to.as_os_str().to_owned();
+        dst.push(ext);
+        let _ = std::fs::rename(&from, &dst);
+    }
+    Some(to)
+}
+
 pub(super) fn lock(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     use std::io::{Read, Seek, Write};
     let path = cfg.lock_path();
@@ -99,20 +161,68 @@ impl Daemon {
         // before any thread exists, so every thread inherits the empty mask.
         let _ = nix::sys::signal::SigSet::all().thread_unblock();
         required_caps()?;
+        // Room for descriptors: control connections are capped, and a halt
+        // must never run out of them (#18 item 5).
+        match warden_core::sys::raise_nofile(65536) {
+            Ok(n) => tracing::debug!("open file limit {n}"),
+            Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+        }
         make_dir(&cfg.state_dir, 0o700)?;
         make_dir(&cfg.log_dir, 0o750)?;
         make_dir(&cfg.log_dir.join("agents"), 0o750)?;
+        check_private_dir("state_dir", &cfg.state_dir, "0700")?;
+        check_private_dir("log_dir", &cfg.log_dir, "0750")?;
         let lock = lock(&cfg)?;
+        let lost = lost_audit_chain(&cfg.state_dir);
+        if let (Some((path, problem)), false) = (&lost, opts.new_audit_chain) {
+            return Err(DaemonError::AuditChainLost {
+                path: path.clone(),
+                problem,
+            });
+        }
         let marker = cfg.clean_marker_path();
         let unclean = safemode::mark_running(&marker).map_err(io_err("cannot write", &marker))?;
-        let audit = Audit::open_with(
-            &cfg.state_dir,
-            &cfg.log_dir,
-            audit::AuditOptions {
-                checkpoint_every: cfg.checkpoint_every.unwrap_or(64),
-                witness_command: cfg.witness_command.clone(),
-            },
-        )?;
+        let audit_opts = || audit::AuditOptions {
+            checkpoint_every: cfg.checkpoint_every.unwrap_or(64),
+            witness_command: cfg.witness_command.clone(),
+        };
+        let mut moved = None;
+        let audit = match Audit::open_with(&cfg.state_dir, &cfg.log_dir, audit_opts()) {
+            Err(e @ audit::AuditError::Store { .. }) if opts.new_audit_chain => {
+                let db = cfg.state_dir.join(audit::schema::DB_FILE);
+                tracing::error!(
+                    "audit database unusable ({e}); --new-audit-chain: moving it aside"
+                );
+                moved = move_aside(&db);
+                Audit::open_with(&cfg.state_dir, &cfg.log_dir, audit_opts())?
+            }
+            Err(e @ audit::AuditError::Store { .. }) => {
+                tracing::error!(
+                    "if the audit database is corrupt, `warden daemon --new-audit-chain` moves it aside and begins a new chain"
+                );
+                return Err(e.into());
+            }
+            r => r?,
+        };
+        if opts.new_audit_chain && (lost.is_some() || moved.is_some()) {
+            audit.record_safety(
+                audit_event(
+                    "new_audit_chain",
+                    None,
+                    Some(nix::unistd::getuid().as_raw()),
+                    json!({"previous": lost.as_ref().map(|l| l.1).unwrap_or("unreadable"),
+                           "moved_to": moved}),
+                ),
+                audit::Safety {
+                    event: "new_audit_chain".into(),
+                    reason: "started with --new-audit-chain: the previous audit chain is lost"
+                        .into(),
+                    autonomy_state: "starting".into(),
+                    governance_state: "supervised".into(),
+                    human_notified: true,
+                },
+            )?;
+        }
         let config_hash = std::fs::read(&opts.config_path)
             .map(|b| {
                 use sha2::Digest;
@@ -141,6 +251,12 @@ impl Daemon {
         tracing::info!(layout = ?cg.layout(), root = cg.root(), "cgroups ready");
 
         let stop = StopFile::new(&cfg.stop_file)?;
+        if let Err(e) = warden_core::stopfile::arm_placeholder(&cfg.stop_file) {
+            tracing::warn!(
+                "cannot create the stop placeholder {}: {e}",
+                warden_core::stopfile::placeholder_path(&cfg.stop_file).display()
+            );
+        }
         let mut slots = BTreeMap::new();
         for a in &cfg.agents {
             slots.insert(
