@@ -18,7 +18,7 @@ use warden_core::cgroup::{Cgroup, Manager};
 use warden_core::config::Config;
 use warden_core::halt::{self, Member};
 use warden_core::logs::AgentLog;
-use warden_core::protect::Protect;
+use warden_core::protect::{AgentCgroups, Watch};
 use warden_core::safemode::{self, Latch};
 use warden_core::stopfile::StopFile;
 use warden_core::supervisor::{self, Event};
@@ -172,15 +172,16 @@ impl Daemon {
         protected.extend(cfg.resume_key.iter().cloned());
         // The tool registry is policy: changed only while the agents are down.
         protected.extend(cfg.tools.iter().cloned());
-        let protect = Protect::new(&protected)
+        let protect = Watch::new(&protected, AgentCgroups::new(cg.root()))
             .map_err(io_err("cannot watch protected paths", Path::new("/")))?;
+        let on_disk = protection::OnDisk::new(protect.paths(), config_hash.clone());
         let hardware = cfg.watchdog.as_ref().map(Hardware::open).transpose()?;
         let pinger = Pinger::new(hardware, cfg.watchdog_interval());
         audit.record(audit_event(
             "monitors",
             None,
             None,
-            json!({"protected_paths": protect.paths, "limits": format!("{:?}", cfg.limits),
+            json!({"protected_paths": protect.paths(), "protect_watch": protect.describe(), "limits": format!("{:?}", cfg.limits),
                    "watchdog": cfg.watchdog.as_ref().map(|w| w.device.clone()),
                    "systemd_watchdog": pinger.enabled()}),
         ))?;
@@ -221,6 +222,8 @@ impl Daemon {
             key,
             oversight,
             protect,
+            on_disk,
+            retiring: Default::default(),
             pinger,
             host_limits,
             host_readings: BTreeMap::new(),
