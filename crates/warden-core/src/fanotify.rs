@@ -79,7 +79,8 @@ pub struct Writer {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Change {
     pub path: PathBuf,
-    /// "written", "attributes changed", "replaced", "renamed away",
+    /// "written" (closed after writing), "being written", "attributes
+    /// changed", "replaced", "renamed away",
     /// "deleted", "open for writing refused", "events lost".
     pub what: &'static str,
     pub by: Writer,
@@ -268,8 +269,11 @@ impl FanWatch {
 }
 
 fn describe(mask: u64) -> &'static str {
-    if mask & (FAN_MODIFY | FAN_CLOSE_WRITE) != 0 {
+    if mask & FAN_CLOSE_WRITE != 0 {
         "written"
+    } else if mask & FAN_MODIFY != 0 {
+        // Still open: an operator's change is audited at its close.
+        "being written"
     } else if mask & FAN_MOVED_FROM != 0 {
         "renamed away"
     } else if mask & (FAN_MOVED_TO | FAN_CREATE) != 0 {
@@ -620,7 +624,8 @@ mod tests {
 
     #[test]
     fn describes() {
-        assert_eq!(describe(FAN_MODIFY), "written");
+        assert_eq!(describe(FAN_MODIFY), "being written");
+        assert_eq!(describe(FAN_MODIFY | FAN_CLOSE_WRITE), "written");
         assert_eq!(describe(FAN_MOVED_TO), "replaced");
         assert_eq!(describe(FAN_DELETE), "deleted");
         assert_eq!(describe(FAN_ATTRIB), "attributes changed");

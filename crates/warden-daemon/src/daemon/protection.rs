@@ -132,7 +132,11 @@ impl Daemon {
             );
             return;
         }
-        // Outside every agent: an operator. Audited, never a halt.
+        // Outside every agent: an operator. Audited, never a halt; a write
+        // is audited when the file is closed.
+        if c.what == "being written" {
+            return;
+        }
         let new = sha256_file(&c.path);
         let old = self.on_disk.sha.get(&c.path).cloned().flatten();
         if c.what == "written" && new == old {
