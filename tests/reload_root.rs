@@ -292,7 +292,10 @@ fn an_agents_write_to_a_protected_file_is_refused_and_halts() {
     );
     let mut env = Env::new(
         &format!("protected_paths = [\"{}\"]\n{QUIET}", policy.display()),
-        &agent("rogue", &script, 0, "user = \"root\"\nallow_root = true"),
+        &format!(
+            "[[agent]]\nname = \"rogue\"\ncommand = {}\nuser = \"root\"\nallow_root = true\nenv = {{ WARDEN_TEST_MARK = \"{{M}}\" }}\n",
+            common::sh(&script, 0)
+        ),
     );
     env.start();
     wait_running(&env, &["rogue"]);

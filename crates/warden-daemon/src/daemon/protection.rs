@@ -24,9 +24,17 @@ use super::*;
 use crate::monitor::Breach;
 use warden_core::protect::{Change, Finding};
 
-/// SHA-256 of a file, hex; None if it cannot be read (deleted).
+/// Files larger than this (warden's own binary) are not hashed in the main
+/// loop: it would stall for as long as hashing takes.
+const HASH_MAX: u64 = 4 << 20;
+
+/// SHA-256 of a file, hex; None if it cannot be read (deleted) or is larger
+/// than [`HASH_MAX`].
 pub(super) fn sha256_file(p: &Path) -> Option<String> {
     use sha2::Digest;
+    if std::fs::metadata(p).ok()?.len() > HASH_MAX {
+        return None;
+    }
     std::fs::read(p)
         .ok()
         .map(|b| hex::encode(sha2::Sha256::digest(b)))
@@ -139,7 +147,7 @@ impl Daemon {
         }
         let new = sha256_file(&c.path);
         let old = self.on_disk.sha.get(&c.path).cloned().flatten();
-        if c.what == "written" && new == old {
+        if c.what == "written" && new.is_some() && new == old {
             return;
         }
         self.on_disk.sha.insert(c.path.clone(), new.clone());

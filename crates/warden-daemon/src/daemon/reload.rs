@@ -143,7 +143,11 @@ impl Daemon {
         let mut results = Vec::new();
         for (name, change) in &plan.agents {
             let result = self.apply_change(name, change, &old);
-            results.push(json!({"agent": name, "change": change.word(), "result": result}));
+            let keys = match change {
+                AgentChange::Restarted { keys } | AgentChange::LimitsUpdated { keys } => keys.clone(),
+                _ => vec![],
+            };
+            results.push(json!({"agent": name, "change": change.word(), "keys": keys, "result": result}));
         }
         out["agents"] = json!(results);
         self.on_disk.running_sha256 = new_sha.clone();

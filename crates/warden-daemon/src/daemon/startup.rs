@@ -172,6 +172,18 @@ impl Daemon {
         protected.extend(cfg.resume_key.iter().cloned());
         // The tool registry is policy: changed only while the agents are down.
         protected.extend(cfg.tools.iter().cloned());
+        // The daemon writes its state and logs itself, on every turn: a mark
+        // there would feed its own writes back to it (and each would wait
+        // for a permission answer).
+        protected.retain(|p| {
+            let own = [&cfg.state_dir, &cfg.log_dir]
+                .iter()
+                .any(|d| p.starts_with(d) || std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(d)));
+            if own {
+                tracing::warn!("protected path {} is in warden's own state or log directory: not watched", p.display());
+            }
+            !own
+        });
         let protect = Watch::new(&protected, AgentCgroups::new(cg.root()))
             .map_err(io_err("cannot watch protected paths", Path::new("/")))?;
         let on_disk = protection::OnDisk::new(protect.paths(), config_hash.clone());
