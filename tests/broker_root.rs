@@ -732,7 +732,10 @@ fn reload_takes_a_good_registry_and_refuses_a_bad_one() {
     std::fs::write(&path, changed).unwrap();
     let v = op(&env, &["reload"]);
     let t = &v["tools"];
-    assert!(t["sha256"].is_string() && t["sha256"] != t["old_sha256"], "{v}");
+    assert!(
+        t["sha256"].is_string() && t["sha256"] != t["old_sha256"],
+        "{v}"
+    );
     let resume = |why: &str| {
         let (code, _, err) = env.cli(&["resume", "--reason", why]);
         assert_eq!(code, 0, "{err}");
@@ -766,9 +769,10 @@ fn reload_takes_a_good_registry_and_refuses_a_bad_one() {
     assert_eq!(
         kinds
             .iter()
-            .filter(|e| e["kind"] == "tools_reload_refused")
+            .filter(|e| e["kind"] == "reload_refused")
             .count(),
-        3
+        3,
+        "a registry that does not load refuses the whole reload"
     );
     env.signal(Signal::SIGTERM);
     assert_eq!(env.wait_exit(T), 0);

@@ -41,7 +41,11 @@ fn audit(env: &Env) -> Vec<(String, Option<String>, Option<i64>, serde_json::Val
     .collect()
 }
 
-fn wait_audit(env: &Env, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_audit(
+    env: &Env,
+    kind: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let mut found = None;
     env.wait_for(&format!("audit {kind}"), T, || {
         found = audit(env)
@@ -102,7 +106,10 @@ fn operator_edit_and_reload_keeps_what_did_not_change() {
     let a4_text = a4.replace("{M}", &marker);
     let a2_text = a2.replace("{M}", &marker);
     edit(&env, |t| {
-        format!("# edited by the operator\n{}{a3}", t.replace(&a2_text, &a2_new).replace(&a4_text, ""))
+        format!(
+            "# edited by the operator\n{}{a3}",
+            t.replace(&a2_text, &a2_new).replace(&a4_text, "")
+        )
     });
     // Audited with the writer (this test) and both hashes; no halt.
     let me = std::process::id() as i64;
@@ -123,18 +130,33 @@ fn operator_edit_and_reload_keeps_what_did_not_change() {
     // The plan changes nothing.
     let (code, out, err) = env.cli(&["reload", "--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
-    for want in ["a1: unchanged", "a2: restarted (command)", "a3: started", "a4: stopped"] {
+    for want in [
+        "a1: unchanged",
+        "a2: restarted (command)",
+        "a3: started",
+        "a4: stopped",
+    ] {
         assert!(out.contains(want), "{want}: {out}");
     }
-    let (code, out, err) = env.cli(&["check-config", env.config.to_str().unwrap(), "--against-running"]);
+    let (code, out, err) = env.cli(&[
+        "check-config",
+        env.config.to_str().unwrap(),
+        "--against-running",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("a2: restarted (command)") && out.contains("a4: stopped"), "{out}");
+    assert!(
+        out.contains("a2: restarted (command)") && out.contains("a4: stopped"),
+        "{out}"
+    );
     assert_eq!(pid(&env, "a2"), Some(p2));
     assert!(env.status()["agents"].as_array().unwrap().len() == 3);
 
     let (code, out, err) = env.cli(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("a1: unchanged") && out.contains("a3: started"), "{out}");
+    assert!(
+        out.contains("a1: unchanged") && out.contains("a3: started"),
+        "{out}"
+    );
     wait_running(&env, &["a2", "a3"]);
     env.wait_for("a4 removed", T, || {
         env.status()["agents"]
@@ -156,7 +178,10 @@ fn operator_edit_and_reload_keeps_what_did_not_change() {
     // The audit trail holds every step.
     let r = wait_audit(&env, "config_reloaded", |_| true);
     assert_eq!(r["old_sha256"], old_sha, "{r}");
-    assert_eq!(r["new_sha256"], st["protection"]["config"]["running_sha256"], "{r}");
+    assert_eq!(
+        r["new_sha256"], st["protection"]["config"]["running_sha256"],
+        "{r}"
+    );
     let log = audit(&env);
     let kinds: Vec<(&str, Option<&str>)> = log
         .iter()
@@ -171,9 +196,14 @@ fn operator_edit_and_reload_keeps_what_did_not_change() {
     ] {
         assert!(kinds.contains(&want), "{want:?} not in {kinds:?}");
     }
-    let reloaded = log.iter().find(|(k, _, _, _)| k == "config_reloaded").unwrap();
+    let reloaded = log
+        .iter()
+        .find(|(k, _, _, _)| k == "config_reloaded")
+        .unwrap();
     assert_eq!(reloaded.2, Some(0), "caller uid");
-    assert!(!kinds.iter().any(|(k, _)| *k == "safe_mode_entered" || *k == "monitor_breach"));
+    assert!(!kinds
+        .iter()
+        .any(|(k, _)| *k == "safe_mode_entered" || *k == "monitor_breach"));
 
     // SIGHUP does the same: a5 added.
     let a5 = agent("a5", workload::COOPERATIVE, 1, "").replace("{M}", &marker);
@@ -209,16 +239,26 @@ while True:\n    time.sleep(1)\n";
         env.agent("hog")["memory_bytes"].as_u64().unwrap_or(0) > 60 << 20
     });
     let p = pid(&env, "hog").unwrap();
-    edit(&env, |t| t.replace("memory_max = \"256M\"", "memory_max = \"100M\"").replace("pids_max = 64", "pids_max = 32"));
+    edit(&env, |t| {
+        t.replace("memory_max = \"256M\"", "memory_max = \"100M\"")
+            .replace("pids_max = 64", "pids_max = 32")
+    });
     let (code, out, err) = env.cli(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("hog: limits updated (memory_max, pids_max)"), "{out}");
+    assert!(
+        out.contains("hog: limits updated (memory_max, pids_max)"),
+        "{out}"
+    );
     // Same process, new limits in its cgroup.
     assert_eq!(pid(&env, "hog"), Some(p));
     let a = env.agent("hog");
     assert_eq!(a["restarts"], 0, "{a}");
     assert_eq!(a["limits"]["memory_max"], 100 << 20, "{a}");
-    let cg = a["cgroup"].as_str().unwrap().trim_start_matches('/').to_string();
+    let cg = a["cgroup"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
     let limit = ["memory/{}/memory.limit_in_bytes", "{}/memory.max"]
         .iter()
         .map(|f| Path::new(common::CGROUP_MOUNT).join(f.replace("{}", &cg)))
@@ -228,9 +268,17 @@ while True:\n    time.sleep(1)\n";
     assert_eq!(limit.trim(), (100u64 << 20).to_string());
     wait_audit(&env, "agent_limits_updated", |d| d["pid"] == p);
     // It grows past the new limit (it fit under the old one): OOM-killed.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
     let exit = wait_audit(&env, "agent_exit", |d| d["pid"] == p);
-    assert!(exit["status"].as_str().unwrap().contains('9') || exit["status"].as_str().unwrap().contains("KILL"), "{exit}");
+    assert!(
+        exit["status"].as_str().unwrap().contains('9')
+            || exit["status"].as_str().unwrap().contains("KILL"),
+        "{exit}"
+    );
     let log = audit(&env);
     let restart_before_exit = log
         .iter()
@@ -245,7 +293,10 @@ while True:\n    time.sleep(1)\n";
 
 #[test]
 fn broken_configs_are_refused_and_agents_untouched() {
-    let mut env = Env::new(QUIET, &agent("a1", workload::COOPERATIVE, 1, "pids_max = 16"));
+    let mut env = Env::new(
+        QUIET,
+        &agent("a1", workload::COOPERATIVE, 1, "pids_max = 16"),
+    );
     env.start();
     wait_running(&env, &["a1"]);
     let p = pid(&env, "a1");
@@ -253,21 +304,33 @@ fn broken_configs_are_refused_and_agents_untouched() {
     let dup = agent("a1", workload::COOPERATIVE, 2, "").replace("{M}", &env.marker);
     let cases = [
         (good.replace("pids_max = 16", "pids_max = -3"), "pids_max"),
-        (good.replace("pids_max = 16", "pids_max = 16\nmemroy_max = \"1G\""), "memroy_max"),
+        (
+            good.replace("pids_max = 16", "pids_max = 16\nmemroy_max = \"1G\""),
+            "memroy_max",
+        ),
         (format!("{good}{dup}"), "duplicate agent name"),
-        (good.replace("grace = \"1s\"", "grace = \"1s\"\nsocket_group = \"wheel\""), "socket_group"),
+        (
+            good.replace("grace = \"1s\"", "grace = \"1s\"\nsocket_group = \"wheel\""),
+            "socket_group",
+        ),
     ];
     for (text, key) in cases {
         std::fs::write(&env.config, &text).unwrap();
         let (code, out, err) = env.cli(&["reload"]);
         assert_eq!(code, 4, "{key}: {out}{err}");
-        assert!(err.contains(key) && err.contains("line ") && err.contains("running config stays"), "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains("line ") && err.contains("running config stays"),
+            "{key}: {err}"
+        );
         let (code, _, err2) = env.cli(&["reload", "--dry-run"]);
         assert_eq!(code, 4, "{err2}");
         assert_eq!(pid(&env, "a1"), p, "{key}");
         not_safe(&env);
     }
-    let refused = audit(&env).into_iter().filter(|(k, _, _, _)| k == "reload_refused").count();
+    let refused = audit(&env)
+        .into_iter()
+        .filter(|(k, _, _, _)| k == "reload_refused")
+        .count();
     assert_eq!(refused, 4);
     std::fs::write(&env.config, &good).unwrap();
     let (code, out, err) = env.cli(&["reload"]);
@@ -281,7 +344,10 @@ fn broken_configs_are_refused_and_agents_untouched() {
 
 #[test]
 fn an_agents_write_to_a_protected_file_is_refused_and_halts() {
-    let dir = tempfile::Builder::new().prefix("warden-prot-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("warden-prot-")
+        .tempdir()
+        .unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "x = 1\n").unwrap();
     let go = dir.path().join("go");
@@ -313,20 +379,34 @@ fn an_agents_write_to_a_protected_file_is_refused_and_halts() {
     std::fs::write(&go, "").unwrap();
     env.wait_for("halt", T, || env.status()["daemon"]["state"] == "safe_mode");
     let st = env.status();
-    let reason = st["daemon"]["safe_mode"]["reason"].as_str().unwrap().to_string();
+    let reason = st["daemon"]["safe_mode"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(reason.starts_with("self_modification"), "{reason}");
-    assert!(reason.contains("agent rogue") && reason.contains("policy.toml") && reason.contains("pid "), "{reason}");
+    assert!(
+        reason.contains("agent rogue") && reason.contains("policy.toml") && reason.contains("pid "),
+        "{reason}"
+    );
     assert!(reason.contains("exe /"), "{reason}");
     if perm {
         assert!(reason.contains("open for writing refused"), "{reason}");
-        assert_eq!(std::fs::read_to_string(&policy).unwrap(), "x = 2\n", "the write was refused");
+        assert_eq!(
+            std::fs::read_to_string(&policy).unwrap(),
+            "x = 2\n",
+            "the write was refused"
+        );
         let logs = std::fs::read_to_string(env.path("log/agents/rogue.log")).unwrap_or_default();
         assert!(!logs.contains("write exit 0"), "{logs}");
     }
     let events = std::fs::read_to_string(env.path("log/safety_events.jsonl")).unwrap();
-    assert!(events.contains("agent rogue") && events.contains("policy.toml"), "{events}");
+    assert!(
+        events.contains("agent rogue") && events.contains("policy.toml"),
+        "{events}"
+    );
     assert!(audit(&env).iter().any(|(k, a, _, _)| {
-        (k == "protected_write_refused" || k == "protected_path_changed_by_agent") && a.as_deref() == Some("rogue")
+        (k == "protected_write_refused" || k == "protected_path_changed_by_agent")
+            && a.as_deref() == Some("rogue")
     }));
     env.assert_nothing_left();
 }

@@ -49,7 +49,10 @@ pub fn send(socket: &Path, req: &Request) -> Result<serde_json::Value, i32> {
     match client::call(socket, req, Duration::from_secs(120)) {
         Ok(Response { ok: true, data, .. }) => Ok(data.unwrap_or_default()),
         Ok(r) => {
-            eprintln!("warden: {}", r.error.unwrap_or_else(|| "reload failed".into()));
+            eprintln!(
+                "warden: {}",
+                r.error.unwrap_or_else(|| "reload failed".into())
+            );
             Err(if r.kind == Some(ErrorKind::BadRequest) {
                 exit::CONFIG
             } else {
@@ -74,11 +77,21 @@ pub fn send(socket: &Path, req: &Request) -> Result<serde_json::Value, i32> {
 /// One line per agent: started, stopped, restarted, limits updated, unchanged.
 pub fn print_plan(v: &serde_json::Value) {
     let dry = v["dry_run"].as_bool() == Some(true);
-    let short = |s: &serde_json::Value| s.as_str().unwrap_or("?").chars().take(12).collect::<String>();
+    let short = |s: &serde_json::Value| {
+        s.as_str()
+            .unwrap_or("?")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
     println!(
         "config {}{} (sha256 {} -> {})",
         v["config"].as_str().unwrap_or("?"),
-        if dry { ": plan, nothing changed" } else { " reloaded" },
+        if dry {
+            ": plan, nothing changed"
+        } else {
+            " reloaded"
+        },
         short(&v["old_sha256"]),
         short(&v["new_sha256"])
     );

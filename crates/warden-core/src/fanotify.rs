@@ -168,7 +168,10 @@ impl FanWatch {
             (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_LARGEFILE) as u32,
         ) {
             Ok(fd) => (Some(fd), None),
-            Err(e) => (None, Some(format!("fanotify permission events unavailable: {e}"))),
+            Err(e) => (
+                None,
+                Some(format!("fanotify permission events unavailable: {e}")),
+            ),
         };
         let mut canon: Vec<PathBuf> = Vec::new();
         let mut by_dir: HashMap<PathBuf, Vec<OsString>> = HashMap::new();
@@ -181,7 +184,10 @@ impl FanWatch {
                 continue;
             }
             if let (Some(d), Some(n)) = (c.parent(), c.file_name()) {
-                by_dir.entry(d.to_path_buf()).or_default().push(n.to_owned());
+                by_dir
+                    .entry(d.to_path_buf())
+                    .or_default()
+                    .push(n.to_owned());
             }
             canon.push(c);
         }
@@ -212,12 +218,16 @@ impl FanWatch {
                 .try_for_each(|p| raw::mark(fd.as_fd(), FAN_MARK_ADD, FAN_OPEN_PERM, p))
             {
                 Ok(()) => (Some(fd), None),
-                Err(e) => (None, Some(format!("cannot mark for permission events: {e}"))),
+                Err(e) => (
+                    None,
+                    Some(format!("cannot mark for permission events: {e}")),
+                ),
             },
             None => (None, permission_error),
         };
-        let (wake_rx, wake_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(std::io::Error::from)?;
+        let (wake_rx, wake_tx) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(std::io::Error::from)?;
         let permission = perm.is_some();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),

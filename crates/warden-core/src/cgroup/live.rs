@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{fs, quota_us, CgroupError, Controller, Layout, Limits, Manager, Result, CPU_PERIOD_US};
+use super::{
+    fs, quota_us, CgroupError, Controller, Layout, Limits, Manager, Result, CPU_PERIOD_US,
+};
 
 /// v1 has no "max" for memory: the largest page-aligned value means none.
 const V1_MEMORY_UNLIMITED: &str = "-1";
@@ -15,7 +17,12 @@ impl Manager {
     /// the limits that differ from `old`. Lowering `memory_max` below what
     /// the agent holds: v2 reclaims and OOM-kills inside the cgroup; v1
     /// answers EBUSY, reported as an error (the caller restarts the agent).
-    pub fn update_limits(&self, name: &str, old: &Limits, new: &Limits) -> Result<Vec<&'static str>> {
+    pub fn update_limits(
+        &self,
+        name: &str,
+        old: &Limits,
+        new: &Limits,
+    ) -> Result<Vec<&'static str>> {
         let rel = format!("{}/{name}", self.agents_rel());
         let missing: Vec<&str> = self.unenforceable(new);
         if !missing.is_empty() {
@@ -48,12 +55,21 @@ impl Manager {
         if old.cpu_max != new.cpu_max {
             match self.layout {
                 Layout::V2 => {
-                    let q = new.cpu_max.map(|c| quota_us(c).to_string()).unwrap_or("max".into());
-                    fs::write(&self.v2_dir(&rel).join("cpu.max"), &format!("{q} {CPU_PERIOD_US}"))?;
+                    let q = new
+                        .cpu_max
+                        .map(|c| quota_us(c).to_string())
+                        .unwrap_or("max".into());
+                    fs::write(
+                        &self.v2_dir(&rel).join("cpu.max"),
+                        &format!("{q} {CPU_PERIOD_US}"),
+                    )?;
                 }
                 _ => {
                     let dir = self.v1_dir(&rel, Controller::Cpu)?;
-                    let q = new.cpu_max.map(|c| quota_us(c).to_string()).unwrap_or("-1".into());
+                    let q = new
+                        .cpu_max
+                        .map(|c| quota_us(c).to_string())
+                        .unwrap_or("-1".into());
                     fs::write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                     fs::write(&dir.join("cpu.cfs_quota_us"), &q)?;
                 }

@@ -40,9 +40,13 @@ pub enum AgentChange {
     Stopped,
     /// Keys other than the live limits changed: orderly stop, start with the
     /// new config. `keys` names them.
-    Restarted { keys: Vec<String> },
+    Restarted {
+        keys: Vec<String>,
+    },
     /// Only kernel limits changed: written to its cgroup, same processes.
-    LimitsUpdated { keys: Vec<String> },
+    LimitsUpdated {
+        keys: Vec<String>,
+    },
     Unchanged,
 }
 
@@ -278,7 +282,10 @@ mod tests {
         let p = plan(&old, &new, "");
         assert!(p.acceptable());
         assert!(p.live.is_empty());
-        assert!(p.agents.iter().all(|(_, c)| *c == AgentChange::Unchanged), "{p:?}");
+        assert!(
+            p.agents.iter().all(|(_, c)| *c == AgentChange::Unchanged),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -314,6 +321,9 @@ mod tests {
         let p = plan(&old, &cfg(&text), &text);
         assert!(!p.acceptable());
         let msg = p.refusal().unwrap();
-        assert!(msg.contains("state_dir (line 1)") && msg.contains("socket (line 2)"), "{msg}");
+        assert!(
+            msg.contains("state_dir (line 1)") && msg.contains("socket (line 2)"),
+            "{msg}"
+        );
     }
 }

@@ -116,9 +116,10 @@ impl Daemon {
             Request::Reject { id, reason } => self.reject(&id, &reason, uid),
             Request::Runs { agent, reason } => self.runs_list(agent, reason),
             Request::RunShow { id } => self.run_show(&id),
-            Request::Reload { dry_run, config_text } => {
-                self.reload_config(Some(uid), "cli", dry_run, config_text)
-            }
+            Request::Reload {
+                dry_run,
+                config_text,
+            } => self.reload_config(Some(uid), "cli", dry_run, config_text),
             Request::Halt { reason } => {
                 if reason.trim().is_empty() {
                     return Response::err(ErrorKind::BadRequest, "halt needs a reason");

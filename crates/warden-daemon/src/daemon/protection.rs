@@ -85,17 +85,14 @@ impl Daemon {
         let meta = |p: &Path| std::fs::symlink_metadata(p).ok();
         let file = meta(path);
         let dir = path.parent().and_then(meta);
-        self.slots
-            .values()
-            .filter(|s| s.cgroup.is_some())
-            .any(|s| {
-                s.cfg.allow_root
-                    || s.uid == 0
-                    || [&file, &dir]
-                        .into_iter()
-                        .flatten()
-                        .any(|m| m.uid() == s.uid || m.mode() & 0o022 != 0)
-            })
+        self.slots.values().filter(|s| s.cgroup.is_some()).any(|s| {
+            s.cfg.allow_root
+                || s.uid == 0
+                || [&file, &dir]
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m.uid() == s.uid || m.mode() & 0o022 != 0)
+        })
     }
 
     fn on_change(&mut self, c: Change, now: Instant) {
@@ -111,12 +108,13 @@ impl Daemon {
                 c.path.display(),
                 c.what,
                 c.by.pid,
-                c.by
-                    .exe
+                c.by.exe
                     .as_ref()
                     .map(|e| e.display().to_string())
                     .unwrap_or_else(|| "?".into()),
-                c.by.uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into()),
+                c.by.uid
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "?".into()),
             );
             let _ = self.audit.record(audit_event(
                 if c.refused {

@@ -73,7 +73,10 @@ impl Daemon {
             ));
         }
         tracing::warn!("reload refused ({via}): {why}");
-        Response::err(kind, format!("reload refused, the running config stays: {why}"))
+        Response::err(
+            kind,
+            format!("reload refused, the running config stays: {why}"),
+        )
     }
 
     /// Reads the config again (or takes `text`, for a plan only) and applies
@@ -144,16 +147,21 @@ impl Daemon {
         for (name, change) in &plan.agents {
             let result = self.apply_change(name, change, &old);
             let keys = match change {
-                AgentChange::Restarted { keys } | AgentChange::LimitsUpdated { keys } => keys.clone(),
+                AgentChange::Restarted { keys } | AgentChange::LimitsUpdated { keys } => {
+                    keys.clone()
+                }
                 _ => vec![],
             };
-            results.push(json!({"agent": name, "change": change.word(), "keys": keys, "result": result}));
+            results.push(
+                json!({"agent": name, "change": change.word(), "keys": keys, "result": result}),
+            );
         }
         out["agents"] = json!(results);
         self.on_disk.running_sha256 = new_sha.clone();
-        self.on_disk
-            .sha
-            .insert(std::fs::canonicalize(&path).unwrap_or(path.clone()), sha256_file(&path));
+        self.on_disk.sha.insert(
+            std::fs::canonicalize(&path).unwrap_or(path.clone()),
+            sha256_file(&path),
+        );
         if let Err(e) = self.audit.record(audit_event(
             "config_reloaded",
             None,
@@ -242,7 +250,8 @@ impl Daemon {
                             json!({"keys": done, "old": format!("{before:?}"), "new": format!("{after:?}"),
                                    "pid": s.machine.state.pid()}),
                         ));
-                        s.log.note(&format!("limits updated live: {}", keys.join(", ")));
+                        s.log
+                            .note(&format!("limits updated live: {}", keys.join(", ")));
                         format!("limits updated live: {}", keys.join(", "))
                     }
                     Err(e) => {

@@ -176,11 +176,14 @@ impl Daemon {
         // there would feed its own writes back to it (and each would wait
         // for a permission answer).
         protected.retain(|p| {
-            let own = [&cfg.state_dir, &cfg.log_dir]
-                .iter()
-                .any(|d| p.starts_with(d) || std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(d)));
+            let own = [&cfg.state_dir, &cfg.log_dir].iter().any(|d| {
+                p.starts_with(d) || std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(d))
+            });
             if own {
-                tracing::warn!("protected path {} is in warden's own state or log directory: not watched", p.display());
+                tracing::warn!(
+                    "protected path {} is in warden's own state or log directory: not watched",
+                    p.display()
+                );
             }
             !own
         });
