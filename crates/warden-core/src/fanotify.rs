@@ -534,18 +534,19 @@ fn decide(s: &Shared, mask: u64, fd: RawFd, tid: i32) -> (u32, Option<Change>) {
         // Killed while waiting: nothing to protect from.
         return (FAN_ALLOW, None);
     };
-    let write = opens_for_write(tid);
     if w.agent.is_none() {
-        if write != Some(false) {
-            if let Ok(mut r) = s.recent.lock() {
-                let now = Instant::now();
-                r.retain(|_, (_, t)| now.duration_since(*t) < RECENT_FOR);
-                r.insert(tgid, (w, now));
-            }
+        // Remembered whatever the open's mode: it only ever attributes a
+        // later change to a process outside every agent, which it is. The
+        // opener's syscall is not read (on kernels that open an exec'd
+        // file under cred_guard_mutex, /proc/TID/syscall would wait on it).
+        if let Ok(mut r) = s.recent.lock() {
+            let now = Instant::now();
+            r.retain(|_, (_, t)| now.duration_since(*t) < RECENT_FOR);
+            r.insert(tgid, (w, now));
         }
         return (FAN_ALLOW, None);
     }
-    if write == Some(false) {
+    if opens_for_write(tid) == Some(false) {
         return (FAN_ALLOW, None);
     }
     let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
