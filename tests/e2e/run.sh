@@ -562,8 +562,8 @@ check6() {
     c rm -f /safety/STOP
     # Drop-ins of this test (E2E_NO_WATCHDOG) are not the package's to remove.
     c rm -rf /run/systemd/system/warden.service.d
-    # An operator's edit of the conffile, made the supported way: warden
-    # treats a change to its config while it runs as tampering.
+    # An operator's edit of the conffile with the daemon stopped (check 7
+    # edits it live and reloads).
     c systemctl stop warden.service
     c sh -c 'echo "# edited by the operator" >>/etc/warden/warden.toml'
     c systemctl start warden.service
