@@ -410,3 +410,43 @@ fn an_agents_write_to_a_protected_file_is_refused_and_halts() {
     }));
     env.assert_nothing_left();
 }
+
+#[test]
+fn an_agents_rename_over_a_protected_file_halts() {
+    // No open for writing of the protected file: the rename itself is the
+    // change, seen after the fact and attributed to the agent (or, if `mv`
+    // is gone by then, to a writer a root agent could have been).
+    let dir = tempfile::Builder::new()
+        .prefix("warden-prot-")
+        .tempdir()
+        .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "x = 1\n").unwrap();
+    let script = format!(
+        "sleep 0.5; echo 'x = 9' > {d}/evil; mv {d}/evil {p}; sleep 1000",
+        d = dir.path().display(),
+        p = policy.display()
+    );
+    let mut env = Env::new(
+        &format!("protected_paths = [\"{}\"]\n{QUIET}", policy.display()),
+        &format!(
+            "[[agent]]\nname = \"mover\"\ncommand = {}\nuser = \"root\"\nallow_root = true\nenv = {{ WARDEN_TEST_MARK = \"{{M}}\" }}\n",
+            common::sh(&script, 0)
+        ),
+    );
+    env.start();
+    env.wait_for("halt", T, || env.status()["daemon"]["state"] == "safe_mode");
+    let reason = env.status()["daemon"]["safe_mode"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.starts_with("self_modification") && reason.contains("policy.toml replaced"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("agent mover") || reason.contains("exited before it could be named"),
+        "{reason}"
+    );
+    env.assert_nothing_left();
+}
