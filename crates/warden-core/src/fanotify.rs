@@ -44,6 +44,9 @@ const FAN_CLOEXEC: u32 = 0x1;
 const FAN_CLASS_NOTIF: u32 = 0x0;
 const FAN_CLASS_CONTENT: u32 = 0x4;
 const FAN_REPORT_TID: u32 = 0x100;
+/// The directories marked may be busy (`/usr/bin` during an upgrade): a
+/// lost event is a halt, so the queue is not bounded (CAP_SYS_ADMIN).
+const FAN_UNLIMITED_QUEUE: u32 = 0x10;
 const FAN_REPORT_DFID_NAME: u32 = 0x400 | 0x800;
 const FAN_MARK_ADD: u32 = 0x1;
 const FAN_MARK_ONLYDIR: u32 = 0x8;
@@ -159,10 +162,10 @@ impl FanWatch {
     /// warning) and starts the reader threads. Fails when the kernel has no
     /// usable fanotify (the caller falls back to inotify).
     pub fn new(paths: &[PathBuf], agents: AgentCgroups) -> std::io::Result<FanWatch> {
-        let notif = raw::init(
-            FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_CLOEXEC,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
-        )?;
+        let notif_flags = FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_CLOEXEC;
+        let f_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
+        let notif = raw::init(notif_flags | FAN_UNLIMITED_QUEUE, f_flags)
+            .or_else(|_| raw::init(notif_flags, f_flags))?;
         let (perm, permission_error) = match raw::init(
             FAN_CLASS_CONTENT | FAN_REPORT_TID | FAN_CLOEXEC,
             (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_LARGEFILE) as u32,

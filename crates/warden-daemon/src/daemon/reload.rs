@@ -89,6 +89,9 @@ impl Daemon {
         text: Option<String>,
     ) -> Response {
         let path = self.opts.config_path.clone();
+        if self.mode == Mode::ShuttingDown {
+            return Response::err(ErrorKind::Refused, "daemon is shutting down");
+        }
         if text.is_some() && !dry_run {
             return Response::err(
                 ErrorKind::BadRequest,
