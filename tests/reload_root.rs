@@ -229,7 +229,7 @@ while not grow:\n    time.sleep(0.05)\n\
 b = fill(60 << 20)\n\
 while True:\n    time.sleep(1)\n";
     let cmd = format!(
-        "[[agent]]\nname = \"hog\"\ncommand = [\"/usr/bin/python3\", \"-c\", {}]\nuser = \"nobody\"\nenv = {{ WARDEN_TEST_MARK = \"{{M}}\" }}\nrestart = \"never\"\nmemory_max = \"256M\"\npids_max = 64\n",
+        "[[agent]]\nname = \"hog\"\ncommand = [\"/usr/bin/python3\", \"-c\", {}]\nuser = \"nobody\"\nenv = {{ WARDEN_TEST_MARK = \"{{M}}\" }}\nrestart = \"never\"\nmemory_max = \"256M\"\npids_max = 64\ncpu_max = 1.0\n",
         toml::Value::String(hog.into())
     );
     let mut env = Env::new(QUIET, &cmd);
@@ -242,11 +242,12 @@ while True:\n    time.sleep(1)\n";
     edit(&env, |t| {
         t.replace("memory_max = \"256M\"", "memory_max = \"100M\"")
             .replace("pids_max = 64", "pids_max = 32")
+            .replace("cpu_max = 1.0", "cpu_max = 0.5")
     });
     let (code, out, err) = env.cli(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("hog: limits updated (memory_max, pids_max)"),
+        out.contains("hog: limits updated (memory_max, pids_max, cpu_max)"),
         "{out}"
     );
     // Same process, new limits in its cgroup.
@@ -266,6 +267,21 @@ while True:\n    time.sleep(1)\n";
         .map(|p| std::fs::read_to_string(p).unwrap())
         .unwrap();
     assert_eq!(limit.trim(), (100u64 << 20).to_string());
+    let read = |files: &[&str]| {
+        files
+            .iter()
+            .map(|f| Path::new(common::CGROUP_MOUNT).join(f.replace("{}", &cg)))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap().trim().to_string())
+            .unwrap()
+    };
+    assert_eq!(read(&["pids/{}/pids.max", "{}/pids.max"]), "32");
+    let cpu = read(&[
+        "cpu/{}/cpu.cfs_quota_us",
+        "cpu,cpuacct/{}/cpu.cfs_quota_us",
+        "{}/cpu.max",
+    ]);
+    assert!(cpu.starts_with("50000"), "{cpu}");
     wait_audit(&env, "agent_limits_updated", |d| d["pid"] == p);
     // It grows past the new limit (it fit under the old one): OOM-killed.
     nix::sys::signal::kill(
@@ -351,10 +367,14 @@ fn an_agents_write_to_a_protected_file_is_refused_and_halts() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "x = 1\n").unwrap();
     let go = dir.path().join("go");
+    // Reading a protected file and running warden's (protected) binary are
+    // allowed; only the write is not.
     let script = format!(
-        "while [ ! -e {g} ]; do sleep 0.05; done; echo evil >> {p}; echo \"write exit $?\"; sleep 1000",
+        "cat {p} >/dev/null && {bin} --version >/dev/null && echo reads-ok; \
+         while [ ! -e {g} ]; do sleep 0.05; done; echo evil >> {p}; echo \"write exit $?\"; sleep 1000",
         g = go.display(),
-        p = policy.display()
+        p = policy.display(),
+        bin = common::bin()
     );
     let mut env = Env::new(
         &format!("protected_paths = [\"{}\"]\n{QUIET}", policy.display()),
@@ -374,6 +394,12 @@ fn an_agents_write_to_a_protected_file_is_refused_and_halts() {
     std::fs::rename(&tmp, &policy).unwrap();
     let d = wait_audit(&env, "config_changed_on_disk", |d| d["what"] == "replaced");
     assert_eq!(d["pid"], std::process::id() as i64, "{d}");
+    not_safe(&env);
+    env.wait_for("reads allowed", T, || {
+        std::fs::read_to_string(env.path("log/agents/rogue.log"))
+            .unwrap_or_default()
+            .contains("reads-ok")
+    });
     not_safe(&env);
     // The agent tries to write it.
     std::fs::write(&go, "").unwrap();
