@@ -1,4 +1,4 @@
-//! `warden approvals|approve|reject|runs|run show|reload`: the operator's
+//! `warden approvals|approve|reject|runs|run show`: the operator's
 //! side of the tool broker.
 
 use std::path::Path;
@@ -242,26 +242,6 @@ pub fn run(socket: &Path, c: RunCommand) -> i32 {
                 }
                 println!("{line}");
             }
-            0
-        }
-        Err(c) => c,
-    }
-}
-
-pub fn reload(socket: &Path, a: ListArgs) -> i32 {
-    match call(socket, &Request::Reload) {
-        Ok(v) if a.json => {
-            print_json(&v);
-            0
-        }
-        Ok(v) => {
-            println!(
-                "tool registry {} reloaded: {} tools (added {}, removed {})",
-                v["path"].as_str().unwrap_or("?"),
-                v["tools"].as_array().map(|a| a.len()).unwrap_or(0),
-                v["added"],
-                v["removed"]
-            );
             0
         }
         Err(c) => c,

@@ -27,6 +27,7 @@ pub mod key;
 mod lifecycle;
 mod logs;
 mod output;
+mod reload;
 mod resume;
 mod status;
 
@@ -110,8 +111,8 @@ pub enum Verb {
     /// One broker run with every call.
     #[command(subcommand)]
     Run(broker::RunCommand),
-    /// Read the tool registry again (also on SIGHUP).
-    Reload(broker::ListArgs),
+    /// Read the config again and apply what changed (also SIGHUP, `systemctl reload warden`).
+    Reload(reload::Args),
     /// Tell warden a human is watching (resets the oversight timeout).
     Checkin(lifecycle::CheckinArgs),
     /// Hard halt: freeze, capture evidence, kill every agent; SAFE MODE.
@@ -158,7 +159,7 @@ pub fn main() -> i32 {
     match cli.verb {
         Verb::Daemon(a) => daemon::run(a),
         Verb::Demo(a) => demo::run(a),
-        Verb::CheckConfig(a) => check_config::run(a),
+        Verb::CheckConfig(a) => check_config::run(&socket, a),
         Verb::Status(a) => status::run(&socket, a),
         Verb::Agents(a) => agents::run(&socket, a),
         Verb::Agent(a) => agent::run(a),
@@ -177,7 +178,7 @@ pub fn main() -> i32 {
         Verb::Reject(a) => broker::reject(&socket, a),
         Verb::Runs(a) => broker::runs(&socket, a),
         Verb::Run(c) => broker::run(&socket, c),
-        Verb::Reload(a) => broker::reload(&socket, a),
+        Verb::Reload(a) => reload::run(&socket, a),
         Verb::Halt(a) => halt::run(&socket, a),
         Verb::Resume(a) => resume::run(&socket, a),
         Verb::Audit(c) => audit::run(c),

@@ -60,6 +60,27 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         d["cgroup_layout"].as_str().unwrap_or("?"),
         d["cgroup_root"].as_str().unwrap_or("?")
     );
+    let p = &v["protection"];
+    if !p.is_null() {
+        let w = &p["watch"];
+        match (w["mechanism"].as_str(), w["permission_events"].as_bool()) {
+            (Some("fanotify"), Some(true)) => println!(
+                "protected paths: fanotify, writers named; agents' writes refused and halted, operators' changes audited"
+            ),
+            (Some("fanotify"), _) => println!(
+                "protected paths: fanotify, writers named (no permission events: agents' writes halted after the fact)"
+            ),
+            _ => println!(
+                "protected paths: inotify (fanotify unavailable): ANY change halts, whoever made it"
+            ),
+        }
+        if p["config"]["differs"].as_bool() == Some(true) {
+            println!(
+                "config: {} on disk DIFFERS from the running config (`warden reload` applies it)",
+                p["config"]["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
     let b = &v["broker"];
     if !b["registry"].is_null() {
         println!(

@@ -19,7 +19,8 @@
 //! - [`evidence`]: the snapshot of a frozen tree; [`logs`] the agents' output.
 //! - [`stopfile`]: the stop file watch (inotify plus an uncached stat).
 //! - [`safemode`]: the SAFE MODE latch and the clean-shutdown marker.
-//! - [`protect`]: the watch on warden's own files.
+//! - [`protect`]: the watch on warden's own files ([`fanotify`] names the
+//!   writer; inotify where fanotify is missing).
 //! - [`watchdog`]: systemd watchdog pings, gated by health.
 //! - [`clock`]: the one wall clock.
 //! - [`audit`]: the hash-chained, signed audit log; [`crypto`] its keys and
@@ -36,6 +37,7 @@ pub mod config;
 pub mod confine;
 pub mod crypto;
 pub mod evidence;
+pub mod fanotify;
 pub mod halt;
 pub mod logs;
 pub mod netlink;

@@ -1,14 +1,95 @@
-//! Self-modification watch: any write, rename, attribute change or delete of
-//! a protected path while the daemon runs is a critical violation.
+//! Self-modification watch of the protected paths.
 //!
-//! Each path is watched itself (modify, attributes, moved, deleted) and through
-//! its directory (a new file renamed over it, or it renamed away).
+//! [`Watch`] is [`FanWatch`] where the kernel offers fanotify (it names the
+//! writer, so only an agent's change is a violation), else [`Protect`], the
+//! inotify watch, which cannot tell who wrote: there any write, rename,
+//! attribute change or delete of a protected path while the daemon runs is
+//! a critical violation.
+//!
+//! inotify: each path is watched itself (modify, attributes, moved, deleted)
+//! and through its directory (a new file renamed over it, it renamed away,
+//! and writes to whatever file holds the name now). A replaced file is a new
+//! inode: its own watch is re-armed at once (#18: writes to the new file
+//! went unseen).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+
+pub use crate::fanotify::{AgentCgroups, Change, FanWatch, Writer};
+
+/// The watch in use.
+pub enum Watch {
+    Fanotify(FanWatch),
+    /// fanotify is unavailable (the reason): inotify, unattributed.
+    Inotify(Protect, String),
+}
+
+/// What the watch saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finding {
+    /// fanotify: a change with its writer.
+    Change(Change),
+    /// inotify: a change by someone.
+    Unattributed(Violation),
+}
+
+impl Watch {
+    /// fanotify if the kernel has it, else inotify.
+    pub fn new(paths: &[PathBuf], agents: AgentCgroups) -> std::io::Result<Watch> {
+        match FanWatch::new(paths, agents) {
+            Ok(f) => Ok(Watch::Fanotify(f)),
+            Err(e) => {
+                tracing::warn!("fanotify unavailable ({e}): protected paths watched with inotify; any change halts");
+                Ok(Watch::Inotify(Protect::new(paths)?, e.to_string()))
+            }
+        }
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Watch::Fanotify(f) => f.fd(),
+            Watch::Inotify(p, _) => p.fd(),
+        }
+    }
+
+    pub fn read(&mut self) -> Vec<Finding> {
+        match self {
+            Watch::Fanotify(f) => f.read().into_iter().map(Finding::Change).collect(),
+            Watch::Inotify(p, _) => p.read().into_iter().map(Finding::Unattributed).collect(),
+        }
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        match self {
+            Watch::Fanotify(f) => &f.paths,
+            Watch::Inotify(p, _) => &p.paths,
+        }
+    }
+
+    /// For `status`: how changes are seen and attributed.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            Watch::Fanotify(f) => serde_json::json!({
+                "mechanism": "fanotify",
+                "attribution": true,
+                "permission_events": f.permission,
+                "permission_error": f.permission_error,
+                "paths": f.paths,
+            }),
+            Watch::Inotify(p, why) => serde_json::json!({
+                "mechanism": "inotify",
+                "attribution": false,
+                "permission_events": false,
+                "fanotify_error": why,
+                "paths": p.paths,
+                "note": "fanotify is unavailable: any change of a protected path halts, whoever made it",
+            }),
+        }
+    }
+}
 
 pub struct Protect {
     inotify: Inotify,
@@ -97,7 +178,12 @@ impl Protect {
         for (dir, names) in by_dir {
             let wd = p.inotify.watches().add(
                 &dir,
-                WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE,
+                WatchMask::CREATE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::DELETE
+                    | WatchMask::MODIFY
+                    | WatchMask::ATTRIB,
             )?;
             p.dirs.insert(wd, (dir, names));
         }
@@ -113,6 +199,7 @@ impl Protect {
     pub fn read(&mut self) -> Option<Violation> {
         let mut buf = [0u8; 4096];
         let mut found = None;
+        let mut rearm: Vec<PathBuf> = Vec::new();
         while let Ok(events) = self.inotify.read_events(&mut buf) {
             let mut any = false;
             for e in events {
@@ -126,12 +213,19 @@ impl Protect {
                         what: describe(e.mask).into(),
                     })
                 } else if let Some((dir, names)) = self.dirs.get(&e.wd) {
-                    e.name
+                    let v = e
+                        .name
                         .filter(|n| names.iter().any(|x| x.as_os_str() == *n))
                         .map(|n| Violation {
                             path: dir.join(n),
                             what: describe(e.mask).into(),
-                        })
+                        });
+                    if let Some(v) = &v {
+                        if e.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                            rearm.push(v.path.clone());
+                        }
+                    }
+                    v
                 } else {
                     None
                 };
@@ -148,7 +242,24 @@ impl Protect {
                 break;
             }
         }
+        for path in rearm {
+            self.rearm(&path);
+        }
         found
+    }
+
+    /// A new inode holds a protected name: watch it itself too.
+    fn rearm(&mut self, path: &Path) {
+        self.files.retain(|_, p| p != path);
+        match self.inotify.watches().add(
+            path,
+            WatchMask::MODIFY | WatchMask::ATTRIB | WatchMask::MOVE_SELF | WatchMask::DELETE_SELF,
+        ) {
+            Ok(wd) => {
+                self.files.insert(wd, path.to_path_buf());
+            }
+            Err(e) => tracing::warn!("cannot re-arm the watch on {}: {e}", path.display()),
+        }
     }
 }
 
@@ -174,6 +285,24 @@ pub fn default_paths(config: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_after_a_replace_are_seen() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("warden.toml");
+        std::fs::write(&f, b"a").unwrap();
+        let mut p = Protect::new(std::slice::from_ref(&f)).unwrap();
+        let t = d.path().join("new");
+        std::fs::write(&t, b"b").unwrap();
+        std::fs::rename(&t, &f).unwrap();
+        assert_eq!(p.read().unwrap().what, "replaced");
+        assert_eq!(p.read(), None);
+        std::fs::write(&f, b"c").unwrap();
+        assert_eq!(p.read().unwrap().what, "written");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(p.read().unwrap().what, "attributes changed");
+    }
 
     #[test]
     fn detects_write_chmod_rename_delete_and_replace() {

@@ -157,8 +157,16 @@ pub enum Request {
     RunShow {
         id: String,
     },
-    /// Read the tool registry again.
-    Reload,
+    /// Read the whole config again and apply it (and the tool registry);
+    /// with `dry_run`, only say what would change. `config_text` (dry run
+    /// only) plans that text instead of the daemon's file
+    /// (`check-config --against-running`).
+    Reload {
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        config_text: Option<String>,
+    },
     Resume {
         reason: String,
         /// A signed authorization (see `warden authorize-resume`), when the
@@ -184,6 +192,7 @@ impl Request {
                 | Request::Approvals
                 | Request::Runs { .. }
                 | Request::RunShow { .. }
+                | Request::Reload { dry_run: true, .. }
         )
     }
 
@@ -212,7 +221,7 @@ impl Request {
             Request::Reject { .. } => "reject",
             Request::Runs { .. } => "runs",
             Request::RunShow { .. } => "run-show",
-            Request::Reload => "reload",
+            Request::Reload { .. } => "reload",
         }
     }
 }

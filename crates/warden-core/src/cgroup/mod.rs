@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub mod detect;
 pub mod fs;
 pub mod hybrid;
+mod live;
 mod procs;
 pub mod v1;
 pub mod v2;

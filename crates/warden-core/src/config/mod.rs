@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod diff;
 pub mod host;
 pub mod limits;
 pub mod net;
@@ -151,8 +152,9 @@ fn default_monitor_interval() -> Dur {
     Dur(Duration::from_secs(1))
 }
 
-/// One `[[agent]]` table.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[agent]]` table. Equality ignores spans (line numbers): a
+/// reload compares agents by what they ask for, not where they are written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Unique name, `[a-z0-9-]{1,32}`; names the cgroup and the log file.

@@ -6,6 +6,7 @@
 
 pub mod confine;
 pub mod exec;
+pub mod fanotify;
 pub mod fsattr;
 pub mod watchdog;
 

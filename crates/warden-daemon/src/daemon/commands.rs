@@ -26,6 +26,15 @@ impl Daemon {
         if let Request::CredVerify { .. } = &c.request {
             data["token"] = json!("<redacted>");
         }
+        // A config text to plan is recorded by its hash, not its contents.
+        if let Request::Reload {
+            config_text: Some(t),
+            ..
+        } = &c.request
+        {
+            use sha2::Digest;
+            data["config_text"] = json!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(t))));
+        }
         // Reads change nothing and are not audited: `logs -f` alone asks
         // four times a second, which would bury the mutations.
         let audited = if c.request.is_read() {
@@ -116,7 +125,10 @@ impl Daemon {
             Request::Reject { id, reason } => self.reject(&id, &reason, uid),
             Request::Runs { agent, reason } => self.runs_list(agent, reason),
             Request::RunShow { id } => self.run_show(&id),
-            Request::Reload => self.reload(Some(uid)),
+            Request::Reload {
+                dry_run,
+                config_text,
+            } => self.reload_config(Some(uid), "cli", dry_run, config_text),
             Request::Halt { reason } => {
                 if reason.trim().is_empty() {
                     return Response::err(ErrorKind::BadRequest, "halt needs a reason");

@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::agent_socket::AgentCommand;
 use crate::control_socket::{self as server, Command};
-use crate::monitor::Breach;
 use warden_core::supervisor::{Event, State};
 
 impl Daemon {
@@ -180,19 +179,7 @@ impl Daemon {
             let now = Instant::now();
             match wake {
                 Wake::Kernel => self.kernel_readable(now),
-                Wake::Protect => {
-                    if let Some(v) = self.protect.read() {
-                        self.breach(
-                            Breach {
-                                monitor: "self_modification".into(),
-                                agent: None,
-                                value: format!("{} {}", v.path.display(), v.what),
-                                threshold: "no change while warden runs".into(),
-                            },
-                            now,
-                        );
-                    }
-                }
+                Wake::Protect => self.on_protect(now),
                 Wake::StopFile => {
                     if self.stop.on_readable() {
                         self.on_stop_file(now);
@@ -208,8 +195,8 @@ impl Daemon {
                 }
                 Wake::Child => self.reap(now),
                 Wake::Hup => {
-                    // SIGHUP reloads the tool registry, as `warden reload` does.
-                    let r = self.reload(None);
+                    // SIGHUP reloads the whole config, as `warden reload` does.
+                    let r = self.reload_config(None, "SIGHUP", false, None);
                     if !r.ok {
                         tracing::error!("SIGHUP: {}", r.error.unwrap_or_default());
                     }
@@ -225,6 +212,7 @@ impl Daemon {
             // Timers, monitors and watchdog pings run on every turn that they
             // are due, whatever woke the loop.
             self.tick(Instant::now());
+            self.retire_done();
         }
         self.finish();
         0

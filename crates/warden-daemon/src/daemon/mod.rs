@@ -23,7 +23,7 @@ use warden_core::cgroup::{self, Cgroup, Manager};
 use warden_core::config::{AgentConfig, Config};
 use warden_core::halt::{self};
 use warden_core::logs::AgentLog;
-use warden_core::protect::Protect;
+use warden_core::protect::Watch;
 use warden_core::stopfile::StopFile;
 use warden_core::supervisor::{self};
 use warden_core::watchdog::Pinger;
@@ -38,6 +38,8 @@ mod kernel;
 mod kills;
 mod mode;
 mod monitoring;
+mod protection;
+mod reload;
 mod shutdown;
 mod startup;
 mod status;
@@ -164,8 +166,14 @@ pub struct Daemon {
     pending_survivors: bool,
     /// Set when the loop should end (demo after a halt).
     exit_requested: bool,
-    /// Self-modification watch.
-    protect: Protect,
+    /// Self-modification watch (fanotify names the writer; inotify where
+    /// fanotify is missing).
+    protect: Watch,
+    /// The config and protected files as last seen on disk, and the hash of
+    /// the config text running.
+    on_disk: protection::OnDisk,
+    /// Agents removed by a reload, forgotten once down.
+    retiring: reload::Retiring,
     /// systemd and hardware watchdogs.
     pinger: Pinger,
     /// Host monitors: thresholds and current readings.

@@ -17,7 +17,7 @@ use warden_core::cgroup::{Cgroup, Manager};
 use warden_core::config::Config;
 use warden_core::halt::{self, Member};
 use warden_core::logs::AgentLog;
-use warden_core::protect::Protect;
+use warden_core::protect::{AgentCgroups, Watch};
 use warden_core::safemode::{self, Latch};
 use warden_core::stopfile::StopFile;
 use warden_core::supervisor::{self, Event};
@@ -287,15 +287,31 @@ impl Daemon {
         protected.extend(cfg.resume_key.iter().cloned());
         // The tool registry is policy: changed only while the agents are down.
         protected.extend(cfg.tools.iter().cloned());
-        let protect = Protect::new(&protected)
+        // The daemon writes its state and logs itself, on every turn: a mark
+        // there would feed its own writes back to it (and each would wait
+        // for a permission answer).
+        protected.retain(|p| {
+            let own = [&cfg.state_dir, &cfg.log_dir].iter().any(|d| {
+                p.starts_with(d) || std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(d))
+            });
+            if own {
+                tracing::warn!(
+                    "protected path {} is in warden's own state or log directory: not watched",
+                    p.display()
+                );
+            }
+            !own
+        });
+        let protect = Watch::new(&protected, AgentCgroups::new(cg.root()))
             .map_err(io_err("cannot watch protected paths", Path::new("/")))?;
+        let on_disk = protection::OnDisk::new(protect.paths(), config_hash.clone());
         let hardware = cfg.watchdog.as_ref().map(Hardware::open).transpose()?;
         let pinger = Pinger::new(hardware, cfg.watchdog_interval());
         audit.record(audit_event(
             "monitors",
             None,
             None,
-            json!({"protected_paths": protect.paths, "limits": format!("{:?}", cfg.limits),
+            json!({"protected_paths": protect.paths(), "protect_watch": protect.describe(), "limits": format!("{:?}", cfg.limits),
                    "watchdog": cfg.watchdog.as_ref().map(|w| w.device.clone()),
                    "systemd_watchdog": pinger.enabled()}),
         ))?;
@@ -336,6 +352,8 @@ impl Daemon {
             key,
             oversight,
             protect,
+            on_disk,
+            retiring: Default::default(),
             pinger,
             host_limits,
             host_readings: BTreeMap::new(),
