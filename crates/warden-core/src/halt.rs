@@ -93,6 +93,33 @@ pub fn run(
     t0: Instant,
     empty_deadline: Duration,
 ) -> (Report, Evidence) {
+    run_budgeted(
+        scope,
+        members,
+        trigger,
+        reason,
+        hard,
+        t0,
+        empty_deadline,
+        crate::config::output::DEFAULT_EVIDENCE_BUDGET,
+    )
+}
+
+/// [`run`] with the time evidence capture may take between freeze and kill
+/// (`evidence_budget`): past it, counts replace lists and the evidence says
+/// `complete: false`. The evidence is also cut to [`evidence::EVIDENCE_MAX`]
+/// bytes, after the kill.
+#[allow(clippy::too_many_arguments)]
+pub fn run_budgeted(
+    scope: &dyn Cgroup,
+    members: &[Member<'_>],
+    trigger: &str,
+    reason: &str,
+    hard: bool,
+    t0: Instant,
+    empty_deadline: Duration,
+    evidence_budget: Duration,
+) -> (Report, Evidence) {
     let mut errors = Vec::new();
     let mut t = Timings::default();
     let started_at_ms = evidence::now_ms().saturating_sub(t0.elapsed().as_millis() as u64);
@@ -130,11 +157,13 @@ pub fn run(
         })
         .collect();
     let all: Vec<i32> = per_agent.iter().flatten().copied().collect();
-    let mut by_pid: std::collections::HashMap<i32, evidence::Process> =
-        evidence::capture_processes(Path::new("/proc"), &all, threads)
-            .into_iter()
-            .map(|p| (p.pid, p))
-            .collect();
+    let captured = evidence::capture(Path::new("/proc"), &all, threads, Some(evidence_budget));
+    let omitted = captured.omitted;
+    let mut by_pid: std::collections::HashMap<i32, evidence::Process> = captured
+        .processes
+        .into_iter()
+        .map(|p| (p.pid, p))
+        .collect();
     let processes = by_pid.len();
     let mut agents: Vec<AgentEvidence> = members
         .iter()
@@ -150,7 +179,7 @@ pub fn run(
         .collect();
     let id = new_id();
     let mut ev = Evidence {
-        version: 1,
+        version: 2,
         halt_id: id.clone(),
         trigger: trigger.to_string(),
         reason: reason.to_string(),
@@ -158,7 +187,10 @@ pub fn run(
         host: evidence::hostname(),
         agents: Vec::new(),
         capture_us: cap_start.elapsed().as_micros() as u64,
+        complete: true,
+        omitted: None,
     };
+    ev.note_omitted(omitted);
     t.evidence_us = us(t0);
 
     // 3. Kill, thaw, and wait for empty; retry loudly until it is. The thaw
@@ -203,6 +235,7 @@ pub fn run(
         a.log_tail = m.log.as_ref().map(|l| l.tail_text()).unwrap_or_default();
     }
     ev.agents = agents;
+    ev.fit(evidence::EVIDENCE_MAX);
     let report = Report {
         id,
         trigger: trigger.to_string(),

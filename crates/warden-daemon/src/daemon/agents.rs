@@ -308,7 +308,7 @@ impl Daemon {
             cgroup: cg.as_ref(),
             log: Some(s.log.clone()),
         }];
-        let (report, evidence) = halt::run(
+        let (report, evidence) = halt::run_budgeted(
             cg.as_ref(),
             &members,
             trigger,
@@ -316,6 +316,7 @@ impl Daemon {
             hard,
             Instant::now(),
             self.cfg.empty_deadline.0,
+            self.cfg.evidence_budget(),
         );
         if let Some(p) = s.machine.state.pid() {
             reap_pid(p, true);

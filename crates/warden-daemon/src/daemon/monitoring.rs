@@ -162,6 +162,7 @@ impl Daemon {
                 pids,
                 pids_max: s.cfg.pids_max,
                 io_write: stats.io_write_bytes,
+                output_bytes: s.log.output_bytes(),
             };
             if let Some(b) = s.watch.sample(&sample, now) {
                 first.get_or_insert(b);

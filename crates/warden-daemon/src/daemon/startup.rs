@@ -150,7 +150,7 @@ impl Daemon {
                     cfg: a.clone(),
                     machine: supervisor::Agent::new(policy_of(&cfg, a)),
                     cgroup: None,
-                    log: AgentLog::new(&cfg.log_dir, a.name()),
+                    log: AgentLog::new(&cfg.log_dir, a.name(), cfg.log_policy(a)),
                     unenforced: Vec::new(),
                     wake: None,
                     watch: AgentWatch::new(a.name(), cfg.thresholds(a)),
@@ -180,7 +180,8 @@ impl Daemon {
             "monitors",
             None,
             None,
-            json!({"protected_paths": protect.paths, "limits": format!("{:?}", cfg.limits),
+            json!({"protected_paths": protect.paths, "limits": cfg.limits,
+                   "evidence_budget_ms": cfg.evidence_budget().as_millis() as u64,
                    "watchdog": cfg.watchdog.as_ref().map(|w| w.device.clone()),
                    "systemd_watchdog": pinger.enabled()}),
         ))?;
