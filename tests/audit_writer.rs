@@ -322,7 +322,10 @@ fn refused_evidence_does_not_poison_the_writer() {
     let err = audit.store_evidence("h-big", &huge).unwrap_err();
     assert!(err.to_string().contains("not stored"), "{err}");
     drop(huge);
-    assert!(audit.healthy(), "a refused evidence record must not poison the writer");
+    assert!(
+        audit.healthy(),
+        "a refused evidence record must not poison the writer"
+    );
     assert!(audit.failure().is_none());
     // The same batch path keeps working: a small evidence, a record, a checkpoint.
     record_halt(&audit, "h-after");

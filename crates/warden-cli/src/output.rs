@@ -99,6 +99,9 @@ mod tests {
             "a\\x1b[2Jb\\r\n\tc\\x7f\\x9b"
         );
         assert_eq!(escape_control("x\ny\u{202e}z", false), "x\\ny\\u{202e}z");
-        assert_eq!(escape_control("plain ünïcode \\ ok", false), "plain ünïcode \\ ok");
+        assert_eq!(
+            escape_control("plain ünïcode \\ ok", false),
+            "plain ünïcode \\ ok"
+        );
     }
 }

@@ -33,11 +33,7 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         Some("safe_mode") => {
             let l = &d["safe_mode"];
             println!("state: SAFE MODE");
-            println!(
-                "  why: {} ({})",
-                text(&l["reason"]),
-                text(&l["trigger"])
-            );
+            println!("  why: {} ({})", text(&l["reason"]), text(&l["trigger"]));
             if let Some(h) = l["halt_id"].as_str() {
                 println!("  halt: {h}");
             }

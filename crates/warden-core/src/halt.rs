@@ -159,11 +159,8 @@ pub fn run_budgeted(
     let all: Vec<i32> = per_agent.iter().flatten().copied().collect();
     let captured = evidence::capture(Path::new("/proc"), &all, threads, Some(evidence_budget));
     let omitted = captured.omitted;
-    let mut by_pid: std::collections::HashMap<i32, evidence::Process> = captured
-        .processes
-        .into_iter()
-        .map(|p| (p.pid, p))
-        .collect();
+    let mut by_pid: std::collections::HashMap<i32, evidence::Process> =
+        captured.processes.into_iter().map(|p| (p.pid, p)).collect();
     let processes = by_pid.len();
     let mut agents: Vec<AgentEvidence> = members
         .iter()

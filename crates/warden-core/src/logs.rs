@@ -317,7 +317,10 @@ mod tests {
         s.tokens -= 2500.0;
         // 500 bytes owed at 1000/s: half a second.
         let w = s.wait(t);
-        assert!(w >= Duration::from_millis(499) && w <= Duration::from_millis(501), "{w:?}");
+        assert!(
+            w >= Duration::from_millis(499) && w <= Duration::from_millis(501),
+            "{w:?}"
+        );
         assert_eq!(s.wait(t + Duration::from_secs(10)), Duration::ZERO);
         assert_eq!(s.tokens, 2000.0, "never more than the burst");
     }

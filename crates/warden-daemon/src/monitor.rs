@@ -586,7 +586,10 @@ mod tests {
         w.sample(&s(100), t0);
         assert!(w.sample(&s(1000), t0 + Duration::from_secs(1)).is_none());
         let b = w.sample(&s(1200), t0 + Duration::from_secs(2)).unwrap();
-        assert_eq!((b.monitor.as_str(), b.agent.as_deref()), ("disk_write", Some("a")));
+        assert_eq!(
+            (b.monitor.as_str(), b.agent.as_deref()),
+            ("disk_write", Some("a"))
+        );
         // With a counter, both add up.
         let mut w = AgentWatch::new("b", t());
         let s = |io, out| Sample {
@@ -595,8 +598,12 @@ mod tests {
             ..Sample::default()
         };
         w.sample(&s(0, 0), t0);
-        assert!(w.sample(&s(500, 499), t0 + Duration::from_secs(1)).is_none());
-        assert!(w.sample(&s(500, 500), t0 + Duration::from_secs(2)).is_some());
+        assert!(w
+            .sample(&s(500, 499), t0 + Duration::from_secs(1))
+            .is_none());
+        assert!(w
+            .sample(&s(500, 500), t0 + Duration::from_secs(2))
+            .is_some());
     }
 
     #[test]

@@ -271,12 +271,10 @@ impl Writer {
                         halt_id,
                         evidence,
                         reply,
-                    } => {
-                        match self.store_evidence_contained(&halt_id, evidence)? {
-                            Ok(id) => done.push(Done::Evidence(reply, id)),
-                            Err(e) => done.push(Done::EvidenceRefused(reply, e)),
-                        }
-                    }
+                    } => match self.store_evidence_contained(&halt_id, evidence)? {
+                        Ok(id) => done.push(Done::Evidence(reply, id)),
+                        Err(e) => done.push(Done::EvidenceRefused(reply, e)),
+                    },
                     Request::Checkpoint { reply } => {
                         let cp = match &self.last_checkpoint {
                             Some(cp) if cp.seq == self.head.seq => cp.clone(),

@@ -891,7 +891,10 @@ restart    = "on-failure"
         let p = c.log_policy(&c.agents[0]);
         assert_eq!((p.max, p.keep, p.rate), (1 << 20, 2, 64 << 10));
         assert_eq!(c.evidence_budget(), Duration::from_millis(20));
-        assert_eq!(parse("").unwrap().evidence_budget(), Duration::from_millis(50));
+        assert_eq!(
+            parse("").unwrap().evidence_budget(),
+            Duration::from_millis(50)
+        );
         let e = err("grace = \"1s\"\nlog_max = \"1K\"\n");
         assert!(e.contains("line 2") && e.contains("log_max"), "{e}");
         let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nlog_keep = 1000\n");

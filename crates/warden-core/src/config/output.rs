@@ -93,9 +93,9 @@ impl LogPolicy {
 /// Checks `evidence_budget`.
 pub fn validate_evidence_budget(d: Option<Dur>) -> Result<(), String> {
     match d {
-        Some(d) if d.0 < Duration::from_millis(1) || d.0 > Duration::from_secs(10) => Err(
-            format!("must be between 1ms and 10s, got {d}"),
-        ),
+        Some(d) if d.0 < Duration::from_millis(1) || d.0 > Duration::from_secs(10) => {
+            Err(format!("must be between 1ms and 10s, got {d}"))
+        }
         _ => Ok(()),
     }
 }
@@ -133,7 +133,9 @@ mod tests {
             log_max: Some(Bytes(max)),
             ..Default::default()
         };
-        assert!(LogPolicy::validate(&k(100)).unwrap_err().contains("log_max"));
+        assert!(LogPolicy::validate(&k(100))
+            .unwrap_err()
+            .contains("log_max"));
         assert!(LogPolicy::validate(&k(4096)).is_ok());
         assert!(validate_evidence_budget(Some(Dur(Duration::ZERO))).is_err());
         assert!(validate_evidence_budget(Some(Dur(Duration::from_millis(50)))).is_ok());
