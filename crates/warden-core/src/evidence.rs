@@ -197,6 +197,8 @@ impl Evidence {
         if self.json_len() <= max {
             return;
         }
+        // Room for the `omitted` summary that is added at the end.
+        let target = max.saturating_sub(1024);
         let reason = format!("evidence larger than {} bytes", max);
         let mut o = Omitted {
             reasons: vec![reason],
@@ -211,7 +213,7 @@ impl Evidence {
                 o.fds += 1;
             }
         }
-        if self.json_len() > max {
+        if self.json_len() > target {
             for p in self.agents.iter_mut().flat_map(|a| a.processes.iter_mut()) {
                 let before = p.cmdline_truncated;
                 truncate_args(&mut p.cmdline, 256, &mut p.cmdline_truncated);
@@ -220,40 +222,53 @@ impl Evidence {
                 }
             }
         }
-        while self.json_len() > max {
-            // Drop the largest process left (a pid stays as the trace).
-            let Some((ai, pi)) = self
+        // Drop the largest processes until the excess is gone (their pids
+        // stay as the trace); sizes are measured once per round, not per drop.
+        loop {
+            let len = self.json_len() + 12 * o.dropped_pids.len();
+            if len <= target {
+                break;
+            }
+            let mut sizes: Vec<(usize, usize, usize)> = self
                 .agents
                 .iter()
                 .enumerate()
                 .flat_map(|(ai, a)| {
-                    a.processes
-                        .iter()
-                        .enumerate()
-                        .map(move |(pi, p)| ((ai, pi), process_weight(p)))
+                    a.processes.iter().enumerate().map(move |(pi, p)| {
+                        let mut w = CountingWriter(0);
+                        let _ = serde_json::to_writer(&mut w, p);
+                        (w.0 + 1, ai, pi)
+                    })
                 })
-                .max_by_key(|(_, w)| *w)
-                .map(|(at, _)| at)
-            else {
+                .collect();
+            if sizes.is_empty() {
                 // Nothing left to drop: the tails are the rest.
                 for a in &mut self.agents {
                     a.log_tail = String::new();
                 }
                 break;
-            };
-            let p = self.agents[ai].processes.remove(pi);
-            o.processes_dropped += 1;
-            o.dropped_pids.push(p.pid);
+            }
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let mut excess = len - target;
+            let mut drop: Vec<(usize, usize)> = Vec::new();
+            for (size, ai, pi) in sizes {
+                drop.push((ai, pi));
+                // Each dropped pid costs a few bytes in `dropped_pids`.
+                if size.saturating_sub(12) >= excess {
+                    break;
+                }
+                excess -= size.saturating_sub(12);
+            }
+            // Highest index first, so the others stay valid.
+            drop.sort_unstable_by(|a, b| b.cmp(a));
+            for (ai, pi) in drop {
+                let p = self.agents[ai].processes.remove(pi);
+                o.processes_dropped += 1;
+                o.dropped_pids.push(p.pid);
+            }
         }
         self.note_omitted(o);
     }
-}
-
-fn process_weight(p: &Process) -> usize {
-    p.cmdline.iter().map(|a| a.len() * 6 + 3).sum::<usize>()
-        + p.exe.as_ref().map_or(0, |e| e.len() * 6)
-        + p.fds.iter().map(|f| f.target.len() * 6 + 20).sum::<usize>()
-        + 200
 }
 
 struct CountingWriter(usize);
@@ -377,6 +392,7 @@ pub fn capture(
     let fds = par_map(&read, threads, deadline, |&i| {
         capture_fds(proc_root, procs[i].pid, deadline)
     });
+    let mut unlisted = Vec::new();
     for (&i, got) in read.iter().zip(fds) {
         match got {
             Some(Some((fds, cut))) => {
@@ -384,14 +400,17 @@ pub fn capture(
                 procs[i].fds = fds;
                 o.paths_truncated += cut;
             }
-            _ => {
-                o.fds += 1;
-                procs[i].fd_count =
-                    std::fs::metadata(proc_root.join(format!("{}/fd", procs[i].pid)))
-                        .ok()
-                        .map(|m| m.len());
-            }
+            _ => unlisted.push(i),
         }
+    }
+    o.fds = unlisted.len();
+    let counts = par_map(&unlisted, threads, None, |&i| {
+        std::fs::metadata(proc_root.join(format!("{}/fd", procs[i].pid)))
+            .ok()
+            .map(|m| m.len())
+    });
+    for (&i, n) in unlisted.iter().zip(counts) {
+        procs[i].fd_count = n.flatten();
     }
 
     // 4. sockets.
