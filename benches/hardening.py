@@ -301,6 +301,7 @@ def evidence(binary):
             ev = json.loads(row[1])
             out["evidence_bytes"] = row[0]
             out["evidence_complete"] = ev.get("complete", True)
+            out["capture_ms"] = ev.get("capture_us", 0) / 1000
             om = ev.get("omitted") or {}
             out["omitted"] = {k: v for k, v in om.items() if k in ("details", "exe", "fds", "sockets") and v}
         return out
