@@ -766,11 +766,8 @@ mod tests {
         )
         .unwrap();
         for i in 0..fds {
-            std::os::unix::fs::symlink(
-                "/".repeat(1) + &"t".repeat(1000),
-                p.join(format!("fd/{i}")),
-            )
-            .unwrap();
+            std::os::unix::fs::symlink(format!("/{}", "t".repeat(1000)), p.join(format!("fd/{i}")))
+                .unwrap();
         }
     }
 
