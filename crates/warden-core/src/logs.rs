@@ -80,6 +80,7 @@ impl Sink {
                 .open(&self.path)
                 .ok()?;
             self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            set_log_mode(&f);
             self.file = Some(f);
         }
         self.file.as_mut()
@@ -132,6 +133,9 @@ impl Sink {
             .truncate(true)
             .open(&self.path)
             .ok();
+        if let Some(f) = &f {
+            set_log_mode(f);
+        }
         self.size = 0;
         self.file = f;
     }
@@ -150,6 +154,13 @@ impl Sink {
             Duration::from_secs_f64(-self.tokens / rate).max(Duration::from_millis(1))
         }
     }
+}
+
+/// Agent logs are readable by the log directory's group (`warden`), whatever
+/// the daemon's umask (the unit sets `UMask=0077`).
+fn set_log_mode(f: &std::fs::File) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o640));
 }
 
 impl AgentLog {
@@ -284,6 +295,9 @@ mod tests {
         assert_eq!(names, ["a.log", "a.log.1", "a.log.2"]);
         assert!(files.iter().all(|(_, len)| *len <= 10_000), "{files:?}");
         assert_eq!(files[1].1, 10_000);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&log.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
         // 99,900 bytes: nine full files, the current one holds the rest.
         assert_eq!(files[0].1, 99_900 % 10_000);
     }
