@@ -307,3 +307,29 @@ fn tail_and_show_read_the_database() {
         15
     );
 }
+
+/// #18: an evidence record the store refuses (here: larger than the writer
+/// stores) is that caller's error alone; the writer stays healthy, the halt
+/// entry and later entries are written, and the chain verifies.
+#[test]
+fn refused_evidence_does_not_poison_the_writer() {
+    let s = Scratch::new();
+    let audit = Audit::open(&s.state(), &s.logs()).unwrap();
+    audit.record(tick(0)).unwrap();
+    let huge = serde_json::json!({
+        "pad": "\u{1}".repeat(warden_core::audit::writer::MAX_EVIDENCE_BYTES / 6 + 1)
+    });
+    let err = audit.store_evidence("h-big", &huge).unwrap_err();
+    assert!(err.to_string().contains("not stored"), "{err}");
+    drop(huge);
+    assert!(
+        audit.healthy(),
+        "a refused evidence record must not poison the writer"
+    );
+    assert!(audit.failure().is_none());
+    // The same batch path keeps working: a small evidence, a record, a checkpoint.
+    record_halt(&audit, "h-after");
+    audit.record(tick(1)).unwrap();
+    audit.checkpoint().unwrap();
+    verify_ok(&s.state());
+}

@@ -39,7 +39,7 @@ pub fn print_table(agents: &serde_json::Value) {
             .unwrap_or_else(|| "-".into());
         let mut note = String::new();
         if let Some(r) = a["reason"].as_str() {
-            note.push_str(r);
+            note.push_str(&super::output::escape_control(r, false));
         }
         if let Some(u) = a["unenforced_limits"].as_array().filter(|u| !u.is_empty()) {
             let names: Vec<&str> = u.iter().filter_map(|x| x.as_str()).collect();

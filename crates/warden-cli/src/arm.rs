@@ -122,13 +122,35 @@ pub fn list(socket: &Path, a: ListArgs) -> i32 {
                     "{:<22} {:<10} {:<16} {:>6}  {}",
                     au["id"].as_str().unwrap_or("?"),
                     au["state"].as_str().unwrap_or("?"),
-                    au["target"].to_string(),
+                    target_text(&au["target"]),
                     au["armed_by_uid"],
-                    au["reason"].as_str().unwrap_or("")
+                    super::output::text(&au["reason"])
                 );
             }
             0
         }
         Err(c) => c,
+    }
+}
+
+/// A kill target as the daemon sends it (`"all"`, `{"agent": "NAME"}`), in
+/// words.
+fn target_text(t: &serde_json::Value) -> String {
+    match (t.as_str(), t["agent"].as_str()) {
+        (Some("all"), _) => "all agents".into(),
+        (_, Some(name)) => format!("agent {}", super::output::escape_control(name, false)),
+        _ => super::output::escape_control(&t.to_string(), false),
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    #[test]
+    fn targets_in_words() {
+        assert_eq!(super::target_text(&serde_json::json!("all")), "all agents");
+        assert_eq!(
+            super::target_text(&serde_json::json!({"agent": "scout"})),
+            "agent scout"
+        );
     }
 }

@@ -18,8 +18,10 @@ pub struct Args {
 }
 
 /// Logs to stderr (the journal under systemd) at the level named by
-/// `WARDEN_LOG` (error, warn, info, debug, trace; default info).
+/// `WARDEN_LOG` (error, warn, info, debug, trace; default info). Colour only
+/// when stderr is a terminal: the journal and log files get plain text.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::filter::LevelFilter;
     let level = std::env::var("WARDEN_LOG")
         .ok()
@@ -28,6 +30,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -1,12 +1,17 @@
 //! `warden logs AGENT [-f]`
+//!
+//! Agent output is the agent's to shape: on a terminal it is shown with
+//! control characters escaped (an agent must not be able to move the cursor,
+//! retitle the window or hide lines on an operator's screen); into a pipe or
+//! a file, and with `--raw`, it is copied as it is.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use warden_proto::control::Request;
 
-use super::output::{call, print_json};
+use super::output::{call, escape_control, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,6 +22,9 @@ pub struct Args {
     /// Print the daemon's JSON answer (without --follow).
     #[arg(long)]
     json: bool,
+    /// Copy the output as it is, escape sequences included, even to a terminal.
+    #[arg(long)]
+    raw: bool,
 }
 
 pub fn run(socket: &Path, a: Args) -> i32 {
@@ -34,8 +42,18 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         print_json(&v);
         return 0;
     }
-    print!("{}", v["data"].as_str().unwrap_or(""));
-    let _ = std::io::stdout().flush();
+    let escape = !a.raw && std::io::stdout().is_terminal();
+    let show = |v: &serde_json::Value| {
+        let data = v["data"].as_str().unwrap_or("");
+        let mut out = std::io::stdout().lock();
+        let _ = if escape {
+            out.write_all(escape_control(data, true).as_bytes())
+        } else {
+            out.write_all(data.as_bytes())
+        };
+        let _ = out.flush();
+    };
+    show(&v);
     if !a.follow {
         return 0;
     }
@@ -50,8 +68,7 @@ pub fn run(socket: &Path, a: Args) -> i32 {
             },
         ) {
             Ok(v) => {
-                print!("{}", v["data"].as_str().unwrap_or(""));
-                let _ = std::io::stdout().flush();
+                show(&v);
                 offset = v["next_offset"].as_u64().unwrap_or(offset);
             }
             Err(c) => return c,

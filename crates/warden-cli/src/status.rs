@@ -4,7 +4,7 @@ use std::path::Path;
 
 use warden_proto::control::Request;
 
-use super::output::{bytes, call, ms, print_json};
+use super::output::{bytes, call, ms, print_json, text};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,11 +33,7 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         Some("safe_mode") => {
             let l = &d["safe_mode"];
             println!("state: SAFE MODE");
-            println!(
-                "  why: {} ({})",
-                l["reason"].as_str().unwrap_or("?"),
-                l["trigger"].as_str().unwrap_or("?")
-            );
+            println!("  why: {} ({})", text(&l["reason"]), text(&l["trigger"]));
             if let Some(h) = l["halt_id"].as_str() {
                 println!("  halt: {h}");
             }
@@ -100,8 +96,8 @@ pub fn run(socket: &Path, a: Args) -> i32 {
         println!(
             "last halt {}: {} ({})",
             h["id"].as_str().unwrap_or("?"),
-            h["trigger"].as_str().unwrap_or("?"),
-            h["reason"].as_str().unwrap_or("")
+            text(&h["trigger"]),
+            text(&h["reason"])
         );
         let t = &h["timings"];
         println!(

@@ -110,6 +110,11 @@ pub struct Request<'a> {
     pub seen_at: Instant,
     /// How long to wait for `populated 0` after each kill.
     pub empty_deadline: Duration,
+    /// The time evidence capture may take between freeze and kill
+    /// (`evidence_budget`): past it, counts replace lists and the evidence
+    /// says `complete: false`. The evidence is also cut to
+    /// [`evidence::EVIDENCE_MAX`] bytes, after the kill.
+    pub evidence_budget: Duration,
 }
 
 /// Runs the ladder. Blocks until the scope is empty or every attempt failed.
@@ -126,6 +131,7 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         hard,
         seen_at: t0,
         empty_deadline,
+        evidence_budget,
     } = *req;
     let mut errors = Vec::new();
     let mut t = Timings::default();
@@ -170,11 +176,10 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         })
         .collect();
     let all: Vec<i32> = per_agent.iter().flatten().copied().collect();
+    let captured = evidence::capture(Path::new("/proc"), &all, threads, Some(evidence_budget));
+    let omitted = captured.omitted;
     let mut by_pid: std::collections::HashMap<i32, evidence::Process> =
-        evidence::capture_processes(Path::new("/proc"), &all, threads)
-            .into_iter()
-            .map(|p| (p.pid, p))
-            .collect();
+        captured.processes.into_iter().map(|p| (p.pid, p)).collect();
     let processes = by_pid.len();
     let mut agents: Vec<AgentEvidence> = members
         .iter()
@@ -190,7 +195,7 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         .collect();
     let id = given_id.map(str::to_string).unwrap_or_else(new_id);
     let mut ev = Evidence {
-        version: 1,
+        version: 2,
         halt_id: id.clone(),
         trigger: trigger.to_string(),
         reason: reason.to_string(),
@@ -198,7 +203,10 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         host: evidence::hostname(),
         agents: Vec::new(),
         capture_us: cap_start.elapsed().as_micros() as u64,
+        complete: true,
+        omitted: None,
     };
+    ev.note_omitted(omitted);
     t.evidence_us = us(t0);
 
     // 3. Kill, thaw, and wait for empty; retry loudly until it is. The thaw
@@ -273,6 +281,7 @@ pub fn run(req: &Request<'_>) -> (Report, Evidence) {
         a.log_tail = m.log.as_ref().map(|l| l.tail_text()).unwrap_or_default();
     }
     ev.agents = agents;
+    ev.fit(evidence::EVIDENCE_MAX);
     let report = Report {
         id,
         trigger: trigger.to_string(),

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A byte count written as "512M", "2G" or a bare integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,13 @@ impl<'de> Deserialize<'de> for Bytes {
             Raw::Int(n) => Ok(Bytes(n)),
             Raw::Text(s) => parse_bytes(&s).map(Bytes).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// Written as the plain number of bytes (audit records, JSON).
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 
@@ -84,6 +91,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// Written as the config writes it ("1m 30s"), which parses back.
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl fmt::Display for Dur {

@@ -62,6 +62,10 @@ pub struct Sample {
     pub pids: Vec<i32>,
     pub pids_max: Option<u64>,
     pub io_write: Option<u64>,
+    /// The agent's output written to its log by the daemon, cumulative: the
+    /// daemon's writes are charged to the daemon's cgroup, so they are added
+    /// here to count toward the agent's own `disk_write` budget.
+    pub output_bytes: u64,
 }
 
 /// (time, cpu usage, cpu stall, pids) of the previous sample.
@@ -249,6 +253,11 @@ impl AgentWatch {
             Some(c) if c >= self.io_total => Some(c),
             _ if !s.proc_io.is_empty() || self.io_total > 0 => Some(self.io_total),
             other => other,
+        };
+        let io_write = match io_write {
+            Some(w) => Some(w + s.output_bytes),
+            None if s.output_bytes > 0 => Some(s.output_bytes),
+            None => None,
         };
         if let Some(w) = io_write {
             self.io.push_back((now, w));
@@ -591,6 +600,38 @@ mod tests {
             w.sample(&s, t0 + Duration::from_secs(17)).unwrap().monitor,
             "disk_write"
         );
+    }
+
+    #[test]
+    fn output_counts_toward_disk_write() {
+        let mut w = AgentWatch::new("a", t());
+        let t0 = Instant::now();
+        // No block-I/O counter at all: the output alone is the agent's writing.
+        let s = |out| Sample {
+            output_bytes: out,
+            ..Sample::default()
+        };
+        w.sample(&s(100), t0);
+        assert!(w.sample(&s(1000), t0 + Duration::from_secs(1)).is_none());
+        let b = w.sample(&s(1200), t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (b.monitor.as_str(), b.agent.as_deref()),
+            ("disk_write", Some("a"))
+        );
+        // With a counter, both add up.
+        let mut w = AgentWatch::new("b", t());
+        let s = |io, out| Sample {
+            io_write: Some(io),
+            output_bytes: out,
+            ..Sample::default()
+        };
+        w.sample(&s(0, 0), t0);
+        assert!(w
+            .sample(&s(500, 499), t0 + Duration::from_secs(1))
+            .is_none());
+        assert!(w
+            .sample(&s(500, 500), t0 + Duration::from_secs(2))
+            .is_some());
     }
 
     #[test]

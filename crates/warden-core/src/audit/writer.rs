@@ -7,6 +7,10 @@
 //! one fsync, and only then answers each caller. Any error poisons the
 //! writer: the transaction is rolled back, every caller of the batch and
 //! every later caller gets an error, and `Audit::healthy()` turns false.
+//! Evidence is the exception: it is the halted tree's content, which an agent
+//! shapes, so each evidence record is stored inside its own savepoint and a
+//! failure to store it (too large, or refused by SQLite) is that caller's
+//! error alone; the chain and every other request go on.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
@@ -23,6 +27,11 @@ use crate::crypto::{self, KeyPair};
 
 /// Most requests committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
+
+/// Largest evidence record stored, as canonical JSON. Capture caps evidence
+/// well below this (`evidence::EVIDENCE_MAX`); this is the writer's own
+/// bound, far under SQLite's 1 GB value limit (SQLITE_MAX_LENGTH).
+pub const MAX_EVIDENCE_BYTES: usize = 64 << 20;
 
 /// Where an answer goes.
 pub enum Reply<T> {
@@ -109,6 +118,8 @@ pub struct Writer {
 enum Done {
     Receipt(Reply<Receipt>, Receipt, Option<String>),
     Evidence(Reply<String>, String),
+    /// This evidence was not stored; nothing else is affected.
+    EvidenceRefused(Reply<String>, AuditError),
     Checkpoint(Reply<Checkpoint>, Checkpoint),
 }
 
@@ -260,10 +271,10 @@ impl Writer {
                         halt_id,
                         evidence,
                         reply,
-                    } => {
-                        let id = self.store_evidence(&halt_id, evidence)?;
-                        done.push(Done::Evidence(reply, id));
-                    }
+                    } => match self.store_evidence_contained(&halt_id, evidence)? {
+                        Ok(id) => done.push(Done::Evidence(reply, id)),
+                        Err(e) => done.push(Done::EvidenceRefused(reply, e)),
+                    },
                     Request::Checkpoint { reply } => {
                         let cp = match &self.last_checkpoint {
                             Some(cp) if cp.seq == self.head.seq => cp.clone(),
@@ -298,6 +309,7 @@ impl Writer {
                 match d {
                     Done::Receipt(reply, ..) => reply.send(Err(err.clone())),
                     Done::Evidence(reply, _) => reply.send(Err(err.clone())),
+                    Done::EvidenceRefused(reply, _) => reply.send(Err(err.clone())),
                     Done::Checkpoint(reply, _) => reply.send(Err(err.clone())),
                 }
             }
@@ -334,6 +346,7 @@ impl Writer {
                     _ => reply.send(Ok(receipt)),
                 },
                 Done::Evidence(reply, id) => reply.send(Ok(id)),
+                Done::EvidenceRefused(reply, e) => reply.send(Err(e)),
                 Done::Checkpoint(reply, cp) => reply.send(Ok(cp)),
             }
         }
@@ -405,12 +418,45 @@ impl Writer {
         store::set_state(&self.conn, store::HEAD_KEY, &rec.to_json_line())
     }
 
-    fn store_evidence(
+    /// Stores one evidence record inside a savepoint. The outer error is a
+    /// failure of the database itself (the savepoint could not be taken or
+    /// undone), which poisons like any other; the inner one is this record's
+    /// alone, rolled back to the savepoint.
+    fn store_evidence_contained(
         &mut self,
         halt_id: &str,
         data: serde_json::Value,
-    ) -> rusqlite::Result<String> {
+    ) -> rusqlite::Result<std::result::Result<String, AuditError>> {
         let canonical = crypto::canonical_json(&data);
+        if canonical.len() > MAX_EVIDENCE_BYTES {
+            return Ok(Err(self.store_err(format!(
+                "evidence of halt {halt_id} is {} bytes, more than the {} stored; not stored",
+                canonical.len(),
+                MAX_EVIDENCE_BYTES
+            ))));
+        }
+        self.conn.execute_batch("SAVEPOINT evidence")?;
+        match self.store_evidence(halt_id, &canonical, data) {
+            Ok(id) => {
+                self.conn.execute_batch("RELEASE evidence")?;
+                Ok(Ok(id))
+            }
+            Err(e) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO evidence; RELEASE evidence")?;
+                Ok(Err(self.store_err(format!(
+                    "evidence of halt {halt_id} not stored: {e}"
+                ))))
+            }
+        }
+    }
+
+    fn store_evidence(
+        &mut self,
+        halt_id: &str,
+        canonical: &str,
+        data: serde_json::Value,
+    ) -> rusqlite::Result<String> {
         let sha256 = crypto::sha256_hex(canonical.as_bytes());
         let mut rec = EvidenceRecord {
             id: format!("ev-{}", crypto::random_hex(8)),

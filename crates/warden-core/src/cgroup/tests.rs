@@ -705,6 +705,8 @@ fn halt_with_unreadable_procs_is_not_complete_and_names_the_error() {
         seen_at: std::time::Instant::now(),
 
         empty_deadline: std::time::Duration::from_millis(5),
+
+        evidence_budget: crate::config::output::DEFAULT_EVIDENCE_BUDGET,
     });
     assert!(!report.complete(), "{report:?}");
     assert!(!report.verified_empty);
@@ -731,6 +733,7 @@ fn halt_with_unreadable_populated_is_not_complete() {
         hard: true,
         seen_at: std::time::Instant::now(),
         empty_deadline: std::time::Duration::from_millis(5),
+        evidence_budget: crate::config::output::DEFAULT_EVIDENCE_BUDGET,
     });
     assert!(!report.complete(), "{report:?}");
     assert!(report.survivors.is_empty());
@@ -758,6 +761,7 @@ fn halt_of_an_empty_cgroup_is_complete() {
         hard: true,
         seen_at: std::time::Instant::now(),
         empty_deadline: std::time::Duration::from_millis(5),
+        evidence_budget: crate::config::output::DEFAULT_EVIDENCE_BUDGET,
     });
     assert!(report.complete(), "{report:?}");
 }

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::{Bytes, Dur};
 
 /// Per-agent thresholds: the `[limits]` table, overridden by an agent's own
 /// `[agent.limits]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Loop without sleep: at or above `busy_cpu` of a core for this long.

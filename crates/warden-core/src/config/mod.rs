@@ -14,10 +14,12 @@ pub mod diff;
 pub mod host;
 pub mod limits;
 pub mod net;
+pub mod output;
 pub mod tools;
 
 pub use crate::units::{parse_bytes, Bytes, Dur};
 pub use limits::{LimitsConfig, Thresholds};
+pub use output::{LogKeys, LogPolicy};
 pub use tools::{AgentToolPolicy, DEFAULT_PENDING_TTL};
 
 /// The configuration used by `warden demo` and as the package's default.
@@ -228,6 +230,14 @@ pub struct AgentConfig {
     /// `[agent.broker]`: the tools it may propose and its per-run limits.
     #[serde(default)]
     pub broker: AgentToolPolicy,
+    /// Size of its log file before rotation; overrides the top-level key.
+    pub log_max: Option<Bytes>,
+    /// Rotated log files kept; overrides the top-level key.
+    pub log_keep: Option<u32>,
+    /// Output drained per second, sustained; overrides the top-level key.
+    pub log_rate: Option<Bytes>,
+    /// Output drained at once above `log_rate`; overrides the top-level key.
+    pub log_burst: Option<Bytes>,
 }
 
 /// Which network an agent sees.
@@ -401,6 +411,18 @@ pub struct Config {
     /// the Nth `[[agent]]` table gets the Nth /30 of it.
     #[serde(default)]
     pub isolated_subnet: net::Subnet,
+    /// Every agent's log file is rotated past this size (default 64M).
+    pub log_max: Option<Bytes>,
+    /// Rotated log files kept per agent (default 3).
+    pub log_keep: Option<u32>,
+    /// Output drained per agent per second, sustained (default 1M); past it
+    /// the agent blocks on its own writes.
+    pub log_rate: Option<Bytes>,
+    /// Output drained at once above `log_rate` (default 4M).
+    pub log_burst: Option<Bytes>,
+    /// Time evidence capture may take between freeze and kill (default
+    /// 50ms); past it counts replace lists and the evidence says so.
+    pub evidence_budget: Option<Dur>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
@@ -573,6 +595,17 @@ impl Config {
         {
             return Err(top("approval_timeout", "must be at least 1s".into()));
         }
+        if let Err(e) = LogPolicy::validate(&self.log_keys()) {
+            let key = e.split(' ').next().unwrap_or("log_max");
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: find_key_line(text, key),
+                message: e,
+            });
+        }
+        if let Err(e) = output::validate_evidence_budget(self.evidence_budget) {
+            return Err(top("evidence_budget", e));
+        }
         if self.checkpoint_every == Some(0) {
             return Err(top("checkpoint_every", "must be at least 1".into()));
         }
@@ -695,6 +728,9 @@ impl Config {
                     format!("agent {name}: missed must be at least 1"),
                 ));
             }
+            if let Err(e) = LogPolicy::validate(&a.log_keys()) {
+                return Err(invalid(a.name.span(), format!("agent {name}: {e}")));
+            }
             if let Err(e) = Thresholds::validate(&a.limits) {
                 return Err(invalid(a.name.span(), format!("agent {name}: limits: {e}")));
             }
@@ -806,6 +842,24 @@ impl Config {
     pub fn thresholds(&self, a: &AgentConfig) -> Thresholds {
         Thresholds::resolve(&[&self.limits, &a.limits])
     }
+    /// Output limits of one agent: defaults, top-level keys, then its own.
+    pub fn log_policy(&self, a: &AgentConfig) -> LogPolicy {
+        LogPolicy::resolve(&[self.log_keys(), a.log_keys()])
+    }
+    fn log_keys(&self) -> LogKeys {
+        LogKeys {
+            log_max: self.log_max,
+            log_keep: self.log_keep,
+            log_rate: self.log_rate,
+            log_burst: self.log_burst,
+        }
+    }
+    /// How long evidence capture may take.
+    pub fn evidence_budget(&self) -> Duration {
+        self.evidence_budget
+            .map(|d| d.0)
+            .unwrap_or(output::DEFAULT_EVIDENCE_BUDGET)
+    }
     /// The watchdog ping period.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.as_ref().map(|w| {
@@ -823,6 +877,14 @@ impl AgentConfig {
     /// The effective policy for unenforceable limits.
     pub fn unenforced(&self, daemon: Unenforced) -> Unenforced {
         self.unenforced_limits.unwrap_or(daemon)
+    }
+    fn log_keys(&self) -> LogKeys {
+        LogKeys {
+            log_max: self.log_max,
+            log_keep: self.log_keep,
+            log_rate: self.log_rate,
+            log_burst: self.log_burst,
+        }
     }
     pub fn umask_bits(&self) -> u32 {
         self.umask
@@ -903,6 +965,27 @@ restart    = "on-failure"
         assert_eq!(a.cpu_max, Some(1.5));
         assert_eq!(a.restart, RestartPolicy::OnFailure);
         assert_eq!(a.env["MODEL"], "small");
+    }
+
+    #[test]
+    fn output_keys() {
+        let c = parse(
+            "log_max = \"1M\"\nlog_keep = 2\nevidence_budget = \"20ms\"\n\n[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nlog_rate = \"64K\"\n",
+        )
+        .unwrap();
+        let p = c.log_policy(&c.agents[0]);
+        assert_eq!((p.max, p.keep, p.rate), (1 << 20, 2, 64 << 10));
+        assert_eq!(c.evidence_budget(), Duration::from_millis(20));
+        assert_eq!(
+            parse("").unwrap().evidence_budget(),
+            Duration::from_millis(50)
+        );
+        let e = err("grace = \"1s\"\nlog_max = \"1K\"\n");
+        assert!(e.contains("line 2") && e.contains("log_max"), "{e}");
+        let e = err("[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nlog_keep = 1000\n");
+        assert!(e.contains("agent a: log_keep"), "{e}");
+        let e = err("evidence_budget = \"0s\"\n");
+        assert!(e.contains("evidence_budget"), "{e}");
     }
 
     #[test]

@@ -318,6 +318,7 @@ impl Daemon {
             hard,
             seen_at: Instant::now(),
             empty_deadline: self.cfg.empty_deadline.0,
+            evidence_budget: self.cfg.evidence_budget(),
         });
         if let Some(p) = s.machine.state.pid() {
             reap_pid(p, true);

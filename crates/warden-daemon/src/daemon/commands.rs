@@ -300,7 +300,9 @@ impl Daemon {
                 let mut next = off;
                 if let Ok(mut f) = std::fs::File::open(&s.log.path) {
                     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    let start = off.min(len);
+                    // Past the end: the file was rotated since; go on
+                    // from the start of the new one.
+                    let start = if off > len { 0 } else { off };
                     if f.seek(SeekFrom::Start(start)).is_ok() {
                         let _ = (&mut f).take(64 * 1024).read_to_end(&mut data);
                     }

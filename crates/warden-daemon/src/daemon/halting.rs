@@ -81,6 +81,7 @@ impl Daemon {
             hard: true,
             seen_at: t0,
             empty_deadline: self.cfg.empty_deadline.0,
+            evidence_budget: self.cfg.evidence_budget(),
         });
         drop(members);
         if report.complete() {
@@ -146,21 +147,28 @@ impl Daemon {
         evidence: &warden_core::evidence::Evidence,
         uid: Option<u32>,
     ) {
+        // A failed evidence write is the writer's to contain (it does not
+        // poison the log): the halt entry is written anyway and says why.
         let value = serde_json::to_value(evidence).unwrap_or_default();
-        let evidence_id = match self.audit.store_evidence(&report.id, &value) {
-            Ok(id) => Some(id),
+        let (evidence_id, evidence_error) = match self.audit.store_evidence(&report.id, &value) {
+            Ok(id) => (Some(id), None),
             Err(e) => {
                 tracing::error!("cannot store evidence of halt {}: {e}", report.id);
-                None
+                (None, Some(e.to_string()))
             }
         };
         let sha = audit::evidence_sha256(&value);
-        let data = json!({
+        drop(value);
+        let mut data = json!({
             "halt_id": report.id, "evidence_id": evidence_id, "evidence_sha256": sha,
+            "evidence_complete": evidence.complete,
             "trigger": report.trigger, "reason": report.reason, "hard": report.hard,
             "timings_us": report.timings, "processes": report.processes,
             "survivors": report.survivors, "agents": report.agents, "errors": report.errors,
         });
+        if let Some(e) = evidence_error {
+            data["evidence_error"] = e.into();
+        }
         let event = if report.hard {
             "safety_halt"
         } else {

@@ -259,8 +259,8 @@ impl Actuator for Levels<'_> {
             });
         }
         let id = halt::new_id();
-        let e = Evidence {
-            version: 1,
+        let mut e = Evidence {
+            version: 2,
             halt_id: id.clone(),
             trigger: "two_phase".into(),
             reason: self.reason.into(),
@@ -268,7 +268,10 @@ impl Actuator for Levels<'_> {
             host: evidence::hostname(),
             agents,
             capture_us: 0,
+            complete: true,
+            omitted: None,
         };
+        e.fit(evidence::EVIDENCE_MAX);
         let value = serde_json::to_value(&e).map_err(|e| e.to_string())?;
         self.d
             .audit

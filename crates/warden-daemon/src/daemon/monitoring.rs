@@ -99,6 +99,7 @@ impl Daemon {
                     hard: true,
                     seen_at: now,
                     empty_deadline: self.cfg.empty_deadline.0,
+                    evidence_budget: self.cfg.evidence_budget(),
                 });
                 self.pending_survivors = !report.complete();
                 self.seal_halt(&report, &evidence, None);
@@ -169,6 +170,7 @@ impl Daemon {
                 pids,
                 pids_max: s.cfg.pids_max,
                 io_write: stats.io_write_bytes,
+                output_bytes: s.log.output_bytes(),
             };
             if let Some(b) = s.watch.sample(&sample, now) {
                 first.get_or_insert(b);

@@ -39,7 +39,7 @@ impl Daemon {
             cfg: a.clone(),
             machine: supervisor::Agent::new(policy_of(&self.cfg, a)),
             cgroup: None,
-            log: AgentLog::new(&self.cfg.log_dir, a.name()),
+            log: AgentLog::new(&self.cfg.log_dir, a.name(), self.cfg.log_policy(a)),
             unenforced: Vec::new(),
             wake: None,
             watch: AgentWatch::new(a.name(), self.cfg.thresholds(a)),

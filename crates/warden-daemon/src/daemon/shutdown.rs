@@ -50,6 +50,7 @@ impl Daemon {
                 hard: true,
                 seen_at: t0,
                 empty_deadline: self.cfg.empty_deadline.0,
+                evidence_budget: self.cfg.evidence_budget(),
             });
             self.seal_halt(&report, &evidence, None);
         }

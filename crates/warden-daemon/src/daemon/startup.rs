@@ -265,7 +265,7 @@ impl Daemon {
                     cfg: a.clone(),
                     machine: supervisor::Agent::new(policy_of(&cfg, a)),
                     cgroup: None,
-                    log: AgentLog::new(&cfg.log_dir, a.name()),
+                    log: AgentLog::new(&cfg.log_dir, a.name(), cfg.log_policy(a)),
                     unenforced: Vec::new(),
                     wake: None,
                     watch: AgentWatch::new(a.name(), cfg.thresholds(a)),
@@ -311,7 +311,8 @@ impl Daemon {
             "monitors",
             None,
             None,
-            json!({"protected_paths": protect.paths(), "protect_watch": protect.describe(), "limits": format!("{:?}", cfg.limits),
+            json!({"protected_paths": protect.paths(), "protect_watch": protect.describe(), "limits": cfg.limits,
+                   "evidence_budget_ms": cfg.evidence_budget().as_millis() as u64,
                    "watchdog": cfg.watchdog.as_ref().map(|w| w.device.clone()),
                    "systemd_watchdog": pinger.enabled()}),
         ))?;
@@ -458,6 +459,7 @@ impl Daemon {
             hard: true,
             seen_at: Instant::now(),
             empty_deadline: self.cfg.empty_deadline.0,
+            evidence_budget: self.cfg.evidence_budget(),
         });
         for (_, c) in &cgs {
             if let Err(e) = c.remove() {

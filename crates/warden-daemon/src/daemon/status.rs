@@ -43,6 +43,7 @@ impl Daemon {
             "limits": {"memory_max": s.cfg.memory_max.map(|b| b.0), "pids_max": s.cfg.pids_max, "cpu_max": s.cfg.cpu_max},
             "unenforced_limits": s.unenforced,
             "monitors": s.watch.readings,
+            "output_bytes": s.log.output_bytes(),
             "heartbeat_deadline_ms": s.heartbeat.as_ref().map(|h| h.deadline_ms()),
             "socket": crate::agent_socket::socket_path(&self.cfg.agent_socket_dir, name),
             "api": s.api_counters.snapshot(),
