@@ -8,7 +8,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use warden_proto::control::{parse_request, ErrorKind, Request, Response, MAX_LINE};
+use warden_core::audit::Audit;
+use warden_proto::control::{parse_line, ErrorKind, OnBehalfOf, Request, Response, MAX_LINE};
 
 /// A request for the main loop, with who sent it and where to answer.
 #[derive(Debug)]
@@ -16,6 +17,9 @@ pub struct Command {
     pub request: Request,
     pub uid: u32,
     pub pid: Option<i32>,
+    /// The web token the request is made for (`warden web`), checked by the
+    /// main loop (`web::tokens::authorize`) before anything runs.
+    pub on_behalf_of: Option<OnBehalfOf>,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -44,10 +48,16 @@ pub fn bind(path: &Path, group: &str) -> std::io::Result<std::os::unix::net::Uni
 
 /// Serves until the process ends; each connection gets its own task.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {
+    serve_with(listener, tx, None).await
+}
+
+/// As [`serve`]; with the audit handle, `subscribe` connections get the
+/// event stream (see [`crate::web::stream`]).
+pub async fn serve_with(listener: UnixListener, tx: mpsc::Sender<Command>, audit: Option<Audit>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, tx.clone()));
+                tokio::spawn(connection(stream, tx.clone(), audit.clone()));
             }
             Err(e) => {
                 tracing::warn!("control socket accept: {e}");
@@ -57,7 +67,7 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {
     }
 }
 
-async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
+async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>, audit: Option<Audit>) {
     let Ok(cred) = stream.peer_cred() else {
         return;
     };
@@ -89,16 +99,24 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         } else {
             match std::str::from_utf8(&line)
                 .map_err(|_| "bad request: not UTF-8".to_string())
-                .and_then(|s| parse_request(s.trim()))
+                .and_then(|s| parse_line(s.trim()))
             {
                 Err(e) => Response::err(ErrorKind::BadRequest, e),
-                Ok(request) => {
+                Ok((request, on_behalf_of)) => {
+                    let since = match &request {
+                        Request::Subscribe { since } => Some(*since),
+                        _ => None,
+                    };
+                    // Listen before the main loop answers: nothing committed
+                    // in between is lost.
+                    let live = since.and(audit.as_ref()).map(crate::web::stream::listen);
                     let (reply, rx) = oneshot::channel();
                     if tx
                         .send(Command {
                             request,
                             uid,
                             pid,
+                            on_behalf_of,
                             reply,
                         })
                         .await
@@ -106,10 +124,26 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
                     {
                         return;
                     }
-                    match rx.await {
+                    let resp = match rx.await {
                         Ok(r) => r,
                         Err(_) => Response::err(ErrorKind::Failed, "daemon is shutting down"),
+                    };
+                    if let (Some(since), true) = (since, resp.ok) {
+                        if write(&mut wr, &resp).await.is_err() {
+                            return;
+                        }
+                        match (audit.as_ref(), live) {
+                            (Some(audit), Some(live)) => {
+                                crate::web::stream::run(&mut wr, audit, since, live).await
+                            }
+                            _ => {
+                                let r = Response::err(ErrorKind::Failed, "no event feed");
+                                let _ = write(&mut wr, &r).await;
+                            }
+                        }
+                        return;
                     }
+                    resp
                 }
             }
         };
