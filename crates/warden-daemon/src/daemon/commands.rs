@@ -26,12 +26,20 @@ impl Daemon {
         if let Request::CredVerify { .. } = &c.request {
             data["token"] = json!("<redacted>");
         }
-        if let Err(e) = self.audit.record(audit_event(
-            "command",
-            None,
-            Some(c.uid),
-            json!({"request": data, "pid": c.pid}),
-        )) {
+        // Requests from `warden web` name the token they act for: the
+        // daemon, not the web, decides what that token may do.
+        let principal = match self.authorize_web(&c) {
+            Ok(p) => p,
+            Err(refusal) => {
+                let _ = c.reply.send(refusal);
+                return;
+            }
+        };
+        let mut audited = json!({"request": data, "pid": c.pid});
+        if let Some(p) = &principal {
+            audited["on_behalf_of"] = json!(p);
+        }
+        if let Err(e) = self.audit.record(audit_event("command", None, Some(c.uid), audited)) {
             // Fail closed: nothing that changes state runs unaudited. Reads
             // still answer, so a human can see why everything stopped.
             self.audit_failed(&e.to_string());
@@ -42,6 +50,9 @@ impl Daemon {
                 ));
                 return;
             }
+        }
+        if crate::web::reads::is_read(&c.request) {
+            return self.answer_read_off_loop(c.request, c.reply);
         }
         let resp = self.answer(c.request, c.uid, now);
         tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");
@@ -119,6 +130,22 @@ impl Daemon {
                 reason,
                 authorization,
             } => self.resume(&reason, authorization, uid),
+            // `warden web` (daemon/tokens.rs, daemon/web_reads.rs).
+            Request::Subscribe { .. } => self.subscribe(),
+            Request::Metrics => self.metrics_json(),
+            Request::AuditTail { .. }
+            | Request::AuditShow { .. }
+            | Request::AuditVerify
+            | Request::Casepack { .. } => {
+                Response::err(ErrorKind::Failed, "audit reads are answered off the loop")
+            }
+            Request::TokenCreate {
+                name,
+                role,
+                expires,
+            } => self.token_create(&name, role, expires.as_deref(), uid),
+            Request::TokenList => self.token_list(),
+            Request::TokenRevoke { name } => self.token_revoke(&name, uid),
         }
     }
 
