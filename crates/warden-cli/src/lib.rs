@@ -29,6 +29,8 @@ mod logs;
 mod output;
 mod resume;
 mod status;
+mod token;
+mod web;
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -127,6 +129,12 @@ pub enum Verb {
     AuthorizeResume(authorize::Args),
     /// Make an Ed25519 key pair for resume authorizations.
     Keygen(authorize::KeygenArgs),
+    /// Serve the REST API, live events, dashboard and metrics (unprivileged;
+    /// run by warden-web.service).
+    Web(web::Args),
+    /// API tokens of `warden web`: create (secret shown once), list, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// The guard process (started by the daemon).
     #[command(name = "__guard", hide = true)]
     Guard(daemon::GuardArgs),
@@ -184,6 +192,8 @@ pub fn main() -> i32 {
         Verb::Key(c) => key::run(c),
         Verb::AuthorizeResume(a) => authorize::run(a),
         Verb::Keygen(a) => authorize::keygen(a),
+        Verb::Web(a) => web::run(a),
+        Verb::Token(c) => token::run(&socket, c),
         Verb::Guard(a) => daemon::guard(a),
     }
 }
