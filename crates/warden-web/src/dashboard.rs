@@ -21,6 +21,7 @@ use crate::AppState;
 pub const INDEX: &str = include_str!("assets/index.html");
 pub const SCRIPT: &str = include_str!("assets/app.js");
 pub const STYLE: &str = include_str!("assets/app.css");
+pub const ICON: &str = include_str!("assets/icon.svg");
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -33,6 +34,8 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/assets/app.css",
             get(|| async { page(STYLE, "text/css; charset=utf-8") }),
         )
+        .route("/assets/icon.svg", get(|| async { page(ICON, "image/svg+xml") }))
+        .route("/favicon.ico", get(|| async { page(ICON, "image/svg+xml") }))
 }
 
 fn page(body: &'static str, kind: &'static str) -> impl IntoResponse {
