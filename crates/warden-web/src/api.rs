@@ -219,7 +219,7 @@ async fn halt(State(st): State<Arc<AppState>>, c: Caller, Body(b): Body<Reason>)
 struct ResumeBody {
     reason: String,
     /// The signed authorization, when the daemon has a `resume_key`.
-    authorization: Option<Value>,
+    authorization: Option<serde_json::Map<String, Value>>,
 }
 
 async fn resume(State(st): State<Arc<AppState>>, c: Caller, Body(b): Body<ResumeBody>) -> Answer {
@@ -227,7 +227,7 @@ async fn resume(State(st): State<Arc<AppState>>, c: Caller, Body(b): Body<Resume
         &c,
         Request::Resume {
             reason: b.reason,
-            authorization: b.authorization,
+            authorization: b.authorization.map(Value::Object),
         },
     )
     .await
