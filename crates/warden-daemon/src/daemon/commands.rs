@@ -39,24 +39,43 @@ impl Daemon {
         if let Some(p) = &principal {
             audited["on_behalf_of"] = json!(p);
         }
-        if let Err(e) = self.audit.record(audit_event("command", None, Some(c.uid), audited)) {
-            // Fail closed: nothing that changes state runs unaudited. Reads
-            // still answer, so a human can see why everything stopped.
-            self.audit_failed(&e.to_string());
-            if !c.request.is_read() {
-                let _ = c.reply.send(Response::err(
-                    ErrorKind::Failed,
-                    format!("audit log unwritable, refusing {req_name}: {e}"),
-                ));
-                return;
-            }
+        let event = audit_event("command", None, Some(c.uid), audited);
+        if c.request.is_read() {
+            return self.answer_read(c, event, now);
         }
-        if crate::web::reads::is_read(&c.request) {
-            return self.answer_read_off_loop(c.request, c.reply);
+        if let Err(e) = self.audit.record(event) {
+            // Fail closed: nothing that changes state runs unaudited.
+            self.audit_failed(&e.to_string());
+            let _ = c.reply.send(Response::err(
+                ErrorKind::Failed,
+                format!("audit log unwritable, refusing {req_name}: {e}"),
+            ));
+            return;
         }
         let resp = self.answer(c.request, c.uid, now);
         tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");
         let _ = c.reply.send(resp);
+    }
+
+    /// A read is answered once its audit entry is durable, as every
+    /// command, but the loop does not wait for the disk: the entry is
+    /// submitted, the answer computed, and a task sends it after the commit
+    /// (concurrent readers share one group commit). If the audit log has
+    /// failed, reads still answer, so a human can see why everything
+    /// stopped; the next tick sees the failed writer and fails closed.
+    fn answer_read(&mut self, c: Command, event: audit::Event, now: Instant) {
+        let pending = self.audit.submit(event);
+        let req_name = c.request.name();
+        if crate::web::reads::is_read(&c.request) {
+            return self.answer_read_off_loop(c.request, c.reply, pending);
+        }
+        let resp = self.answer(c.request, c.uid, now);
+        tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");
+        let reply = c.reply;
+        tokio::spawn(async move {
+            let _ = pending.await;
+            let _ = reply.send(resp);
+        });
     }
 
     pub(super) fn answer(&mut self, req: Request, uid: u32, now: Instant) -> Response {

@@ -6,7 +6,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::*;
-use warden_proto::control::{Request, Response};
+use warden_proto::control::{ErrorKind, Request, Response};
 
 impl Daemon {
     /// The connection's task streams once this answers (control_socket.rs).
@@ -18,10 +18,20 @@ impl Daemon {
         Response::ok(self.metrics.to_json(self.audit.head_seq()))
     }
 
-    pub(super) fn answer_read_off_loop(&self, req: Request, reply: oneshot::Sender<Response>) {
+    pub(super) fn answer_read_off_loop(
+        &self,
+        req: Request,
+        reply: oneshot::Sender<Response>,
+        audited: audit::Pending<audit::Receipt>,
+    ) {
         let state_dir = self.cfg.state_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = reply.send(crate::web::reads::answer(&state_dir, &req));
+        tokio::spawn(async move {
+            let resp =
+                tokio::task::spawn_blocking(move || crate::web::reads::answer(&state_dir, &req))
+                    .await
+                    .unwrap_or_else(|e| Response::err(ErrorKind::Failed, e.to_string()));
+            let _ = audited.await;
+            let _ = reply.send(resp);
         });
     }
 }
