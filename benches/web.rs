@@ -34,7 +34,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn env_num(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn rss(pid: u32) -> (u64, u64) {
@@ -72,7 +75,8 @@ fn main() {
     // SSE latency.
     let (conn, rx) = sse(web.port, &viewer, None);
     env.call(r#"{"cmd":"checkin"}"#);
-    rx.recv_timeout(Duration::from_secs(10)).expect("stream live");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("stream live");
     while rx.try_recv().is_ok() {}
     let mut lat = Vec::with_capacity(n_events);
     for _ in 0..n_events {
@@ -116,7 +120,11 @@ fn main() {
         .collect();
     let wall = t_all.elapsed();
     let total = all.len();
-    let (p50, p99, max) = (pct(&mut all, 0.5), pct(&mut all, 0.99), *all.iter().max().unwrap());
+    let (p50, p99, max) = (
+        pct(&mut all, 0.5),
+        pct(&mut all, 0.99),
+        *all.iter().max().unwrap(),
+    );
     let (rss1, hwm) = rss(web.child.id());
 
     let report = format!(

@@ -17,15 +17,18 @@ fn dashboard_in_chromium() {
     for (p, pkg) in [
         ("/usr/bin/chromium", "chromium"),
         ("/usr/bin/chromedriver", "chromium-driver"),
-        ("/usr/lib/python3/dist-packages/selenium", "python3-selenium"),
+        (
+            "/usr/lib/python3/dist-packages/selenium",
+            "python3-selenium",
+        ),
     ] {
         assert!(
             std::path::Path::new(p).exists(),
             "{p} missing: apt-get install {pkg} (.ci/run does)"
         );
     }
-    let agents = agent("alpha", workload::COOPERATIVE, 1, "")
-        + &agent("beta", workload::COOPERATIVE, 1, "");
+    let agents =
+        agent("alpha", workload::COOPERATIVE, 1, "") + &agent("beta", workload::COOPERATIVE, 1, "");
     let mut env = Env::new("", &agents);
     env.start();
     env.wait_procs(4);

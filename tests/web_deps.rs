@@ -26,7 +26,13 @@ fn warden_web_links_neither_core_nor_daemon() {
     );
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(tree.contains("warden-proto"), "{tree}");
-    for forbidden in ["warden-core", "warden-daemon", "warden-cli", "rusqlite", "nix "] {
+    for forbidden in [
+        "warden-core",
+        "warden-daemon",
+        "warden-cli",
+        "rusqlite",
+        "nix ",
+    ] {
         assert!(
             !tree.lines().any(|l| l.starts_with(forbidden)),
             "warden-web depends on {forbidden}:\n{tree}"

@@ -15,8 +15,8 @@ use web_common::{sse, token, Web};
 const T: Duration = Duration::from_secs(30);
 
 fn env_with_web(web_table: &str) -> Env {
-    let agents = agent("alpha", workload::COOPERATIVE, 1, "")
-        + &agent("beta", workload::COOPERATIVE, 1, "");
+    let agents =
+        agent("alpha", workload::COOPERATIVE, 1, "") + &agent("beta", workload::COOPERATIVE, 1, "");
     // [web] must come after the top-level keys and before the agents.
     let mut env = Env::new(&format!("\n[web]\n{web_table}\n"), &agents);
     env.start();
@@ -62,18 +62,54 @@ const MATRIX: &[(&str, &str, Option<&str>, u8, u16)] = &[
     ("POST", "/api/agents/nosuch/stop", None, 2, 404),
     ("POST", "/api/agents/nosuch/restart", None, 2, 404),
     ("POST", "/api/approvals/nosuch/approve", None, 2, 0),
-    ("POST", "/api/approvals/nosuch/reject", Some(r#"{"reason":"no"}"#), 2, 0),
+    (
+        "POST",
+        "/api/approvals/nosuch/reject",
+        Some(r#"{"reason":"no"}"#),
+        2,
+        0,
+    ),
     ("POST", "/api/checkin", None, 2, 200),
-    ("POST", "/api/halt", Some(r#"{"reason":"matrix"}"#), 3, u16::MAX),
-    ("POST", "/api/resume", Some(r#"{"reason":"matrix"}"#), 3, 409),
+    (
+        "POST",
+        "/api/halt",
+        Some(r#"{"reason":"matrix"}"#),
+        3,
+        u16::MAX,
+    ),
+    (
+        "POST",
+        "/api/resume",
+        Some(r#"{"reason":"matrix"}"#),
+        3,
+        409,
+    ),
     ("POST", "/api/reload", None, 3, 0),
-    ("POST", "/api/authorizations", Some(r#"{"agent":"nosuch","reason":"x"}"#), 3, 0),
+    (
+        "POST",
+        "/api/authorizations",
+        Some(r#"{"agent":"nosuch","reason":"x"}"#),
+        3,
+        0,
+    ),
     ("POST", "/api/authorizations/nosuch/execute", None, 3, 0),
     ("POST", "/api/authorizations/nosuch/disarm", None, 3, 0),
-    ("POST", "/api/credentials", Some(r#"{"agent":"nosuch","kind":"api-key","name":"k"}"#), 3, 0),
+    (
+        "POST",
+        "/api/credentials",
+        Some(r#"{"agent":"nosuch","kind":"api-key","name":"k"}"#),
+        3,
+        0,
+    ),
     ("POST", "/api/credentials/nosuch/revoke", None, 3, 0),
     ("GET", "/api/tokens", None, 3, 200),
-    ("POST", "/api/tokens", Some(r#"{"name":"made-on-web","role":"viewer"}"#), 3, 200),
+    (
+        "POST",
+        "/api/tokens",
+        Some(r#"{"name":"made-on-web","role":"viewer"}"#),
+        3,
+        200,
+    ),
     ("POST", "/api/tokens/nosuch/revoke", None, 3, 404),
 ];
 
@@ -86,7 +122,8 @@ fn error_code(body: &str) -> String {
 
 #[test]
 fn every_endpoint_and_role() {
-    let env = env_with_web("failed_auth_per_minute = 1000\nrate_burst = 1000\nrate_per_second = 1000");
+    let env =
+        env_with_web("failed_auth_per_minute = 1000\nrate_burst = 1000\nrate_per_second = 1000");
     let t = tokens(&env);
     let web = Web::start(bin(), &env.config, &env.path("web.stderr"));
 
@@ -184,10 +221,16 @@ fn every_endpoint_and_role() {
     let (code, headers, html) = web.get("/", None);
     assert_eq!(code, 200);
     let csp = &headers["content-security-policy"];
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(headers["x-frame-options"], "DENY");
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert!(!html.contains("<script>") && !html.contains("style="), "nothing inline");
+    assert!(
+        !html.contains("<script>") && !html.contains("style="),
+        "nothing inline"
+    );
     assert_eq!(web.get("/assets/app.js", None).0, 200);
     let (code, _, text) = web.get("/no/such/page", None);
     assert_eq!((code, error_code(&text).as_str()), (404, "not_found"));
@@ -204,9 +247,16 @@ fn body_rate_and_failed_auth_limits() {
     let (code, _, text) = web.post("/api/halt", Some(&t.admin), Some(&big));
     assert_eq!(code, 413, "{text}");
     assert_eq!(error_code(&text), "payload_too_large");
-    assert!(env.status()["daemon"]["state"] == "running", "nothing halted");
+    assert!(
+        env.status()["daemon"]["state"] == "running",
+        "nothing halted"
+    );
     let (code, _, text) = web.post("/api/halt", Some(&t.admin), Some("{not json"));
-    assert_eq!((code, error_code(&text).as_str()), (400, "bad_request"), "{text}");
+    assert_eq!(
+        (code, error_code(&text).as_str()),
+        (400, "bad_request"),
+        "{text}"
+    );
 
     // Per token: burst of 3, then 429; another token is not affected.
     let mut codes = vec![];
@@ -224,7 +274,11 @@ fn body_rate_and_failed_auth_limits() {
         assert_eq!(web.get("/api/status", Some("wdn_web_wrong")).0, 401);
     }
     let (code, _, text) = web.get("/api/status", Some(&t.operator));
-    assert_eq!((code, error_code(&text).as_str()), (429, "rate_limited"), "{text}");
+    assert_eq!(
+        (code, error_code(&text).as_str()),
+        (429, "rate_limited"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -263,7 +317,11 @@ fn events_stream_halt_and_replay() {
     let _ = conn.shutdown(std::net::Shutdown::Both);
     let last_seen = halt.0;
     std::fs::remove_file(env.stop_file()).unwrap();
-    let (code, _, text) = web.post("/api/resume", Some(&t.admin), Some(r#"{"reason":"test over"}"#));
+    let (code, _, text) = web.post(
+        "/api/resume",
+        Some(&t.admin),
+        Some(r#"{"reason":"test over"}"#),
+    );
     assert_eq!(code, 200, "{text}");
     let (_, _, text) = web.get("/api/audit?n=1", Some(&t.viewer));
     let head = serde_json::from_str::<Value>(&text).unwrap()["entries"][0]["seq"]
@@ -283,7 +341,11 @@ fn events_stream_halt_and_replay() {
     let _ = conn.shutdown(std::net::Shutdown::Both);
 
     // The admin halts through the API; the daemon answers with the report.
-    let (code, _, text) = web.post("/api/halt", Some(&t.admin), Some(r#"{"reason":"web test"}"#));
+    let (code, _, text) = web.post(
+        "/api/halt",
+        Some(&t.admin),
+        Some(r#"{"reason":"web test"}"#),
+    );
     assert_eq!(code, 200, "{text}");
     let st = env.status();
     assert_eq!(st["daemon"]["safe_mode"]["trigger"], "cli");
@@ -297,9 +359,18 @@ fn events_stream_halt_and_replay() {
     assert_eq!(code, 0, "{out}{err}");
     let (_, _, text) = web.get("/metrics", Some(&t.viewer));
     assert!(text.contains("warden_safe_mode 1"), "{text}");
-    assert!(text.contains("warden_halts_total{trigger=\"stop_file\"} 1"), "{text}");
-    assert!(text.contains("warden_halts_total{trigger=\"cli\"} 1"), "{text}");
-    assert!(text.contains("warden_halt_duration_seconds_count{phase=\"total\"} 2"), "{text}");
+    assert!(
+        text.contains("warden_halts_total{trigger=\"stop_file\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warden_halts_total{trigger=\"cli\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warden_halt_duration_seconds_count{phase=\"total\"} 2"),
+        "{text}"
+    );
     drop(web);
     env.signal(nix::sys::signal::Signal::SIGTERM);
     env.wait_exit(T);

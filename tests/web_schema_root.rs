@@ -29,8 +29,8 @@ fn openapi_holds_under_schemathesis() {
         "{st} missing: python3 -m venv $CARGO_TARGET_DIR/schemathesis-venv && \
          $CARGO_TARGET_DIR/schemathesis-venv/bin/pip install schemathesis (.ci/run does)"
     );
-    let agents = agent("alpha", workload::COOPERATIVE, 1, "")
-        + &agent("beta", workload::COOPERATIVE, 1, "");
+    let agents =
+        agent("alpha", workload::COOPERATIVE, 1, "") + &agent("beta", workload::COOPERATIVE, 1, "");
     let mut env = Env::new(
         "\n[web]\nrate_per_second = 100000\nrate_burst = 100000\nfailed_auth_per_minute = 100000\n",
         &agents,
@@ -73,7 +73,17 @@ fn openapi_holds_under_schemathesis() {
     };
     let text = std::fs::read_to_string(&report).unwrap_or_default();
     assert!(status.success(), "schemathesis found problems:\n{text}");
-    println!("{}", text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    println!(
+        "{}",
+        text.lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     drop(web);
     env.signal(nix::sys::signal::Signal::SIGTERM);
     env.wait_exit(Duration::from_secs(30));

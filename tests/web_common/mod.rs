@@ -220,7 +220,11 @@ pub fn token(bin: &str, socket: &Path, name: &str, role: &str) -> String {
         .args(["token", "create", "--name", name, "--role", role, "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["secret"].as_str().unwrap().to_string()
 }

@@ -22,7 +22,11 @@ pub fn run(a: Args) -> i32 {
             }
             if c.web.is_some() {
                 match warden_web::config::load(&a.file) {
-                    Ok(s) => println!("{}: ok, [web] listens on {}", a.file.display(), s.web.listen),
+                    Ok(s) => println!(
+                        "{}: ok, [web] listens on {}",
+                        a.file.display(),
+                        s.web.listen
+                    ),
                     Err(e) => {
                         eprintln!("warden: {e}");
                         return super::exit::CONFIG;

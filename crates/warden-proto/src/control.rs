@@ -444,7 +444,8 @@ mod tests {
         let line = encode_line(&req, None);
         assert_eq!(parse_line(line.trim()).unwrap(), (req, None));
         assert!(parse_line(r#"{"cmd":"status","on_behalf_of":{"x":1}}"#).is_err());
-        let (r, w) = parse_line(r#"{"cmd":"status","on_behalf_of":{"token_sha256":"00"}}"#).unwrap();
+        let (r, w) =
+            parse_line(r#"{"cmd":"status","on_behalf_of":{"token_sha256":"00"}}"#).unwrap();
         assert_eq!(r, Request::Status);
         assert!(w.is_some());
     }
@@ -454,7 +455,10 @@ mod tests {
         assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         assert_eq!(Request::Status.required_role(), Role::Viewer);
         assert_eq!(Request::Checkin.required_role(), Role::Operator);
-        assert_eq!(Request::Halt { reason: "x".into() }.required_role(), Role::Admin);
+        assert_eq!(
+            Request::Halt { reason: "x".into() }.required_role(),
+            Role::Admin
+        );
         assert_eq!(Request::TokenList.required_role(), Role::Admin);
         assert_eq!(
             parse_request(r#"{"cmd":"subscribe","since":3}"#).unwrap(),

@@ -378,7 +378,11 @@ struct TailQuery {
     n: Option<u64>,
 }
 
-async fn audit_tail(State(st): State<Arc<AppState>>, c: Caller, Query(q): Query<TailQuery>) -> Answer {
+async fn audit_tail(
+    State(st): State<Arc<AppState>>,
+    c: Caller,
+    Query(q): Query<TailQuery>,
+) -> Answer {
     st.answer(&c, Request::AuditTail { n: q.n }).await
 }
 
@@ -429,7 +433,11 @@ struct TokenBody {
     expires: Option<String>,
 }
 
-async fn token_create(State(st): State<Arc<AppState>>, c: Caller, Body(b): Body<TokenBody>) -> Answer {
+async fn token_create(
+    State(st): State<Arc<AppState>>,
+    c: Caller,
+    Body(b): Body<TokenBody>,
+) -> Answer {
     st.answer(
         &c,
         Request::TokenCreate {
@@ -441,6 +449,10 @@ async fn token_create(State(st): State<Arc<AppState>>, c: Caller, Body(b): Body<
     .await
 }
 
-async fn token_revoke(State(st): State<Arc<AppState>>, c: Caller, Path(name): Path<String>) -> Answer {
+async fn token_revoke(
+    State(st): State<Arc<AppState>>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Answer {
     st.answer(&c, Request::TokenRevoke { name }).await
 }

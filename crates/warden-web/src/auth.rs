@@ -60,7 +60,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if !st.limits.allow(&digest, now) {
-            return Err(ApiError::rate_limited("this token's request rate is exceeded"));
+            return Err(ApiError::rate_limited(
+                "this token's request rate is exceeded",
+            ));
         }
         Ok(Caller {
             who: OnBehalfOf {

@@ -102,8 +102,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         .map_err(|e| invalid(e.to_string().trim_end().replace('\n', "\n  ")))?;
     let web = match doc.remove("web") {
         None => WebConfig::default(),
-        Some(toml::Value::Table(t)) => WebConfig::deserialize(t)
-            .map_err(|e| invalid(e.to_string().trim_end().to_string()))?,
+        Some(toml::Value::Table(t)) => {
+            WebConfig::deserialize(t).map_err(|e| invalid(e.to_string().trim_end().to_string()))?
+        }
         Some(_) => return Err(invalid("must be a table".into())),
     };
     if web.rate_per_second == 0 || web.rate_burst == 0 {

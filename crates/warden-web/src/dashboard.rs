@@ -25,7 +25,10 @@ pub const ICON: &str = include_str!("assets/icon.svg");
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", get(|| async { page(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
         .route(
             "/assets/app.js",
             get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
@@ -34,8 +37,14 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/assets/app.css",
             get(|| async { page(STYLE, "text/css; charset=utf-8") }),
         )
-        .route("/assets/icon.svg", get(|| async { page(ICON, "image/svg+xml") }))
-        .route("/favicon.ico", get(|| async { page(ICON, "image/svg+xml") }))
+        .route(
+            "/assets/icon.svg",
+            get(|| async { page(ICON, "image/svg+xml") }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { page(ICON, "image/svg+xml") }),
+        )
 }
 
 fn page(body: &'static str, kind: &'static str) -> impl IntoResponse {

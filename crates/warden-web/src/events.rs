@@ -84,7 +84,9 @@ pub async fn events(
             }
         }
     });
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEPALIVE))
         .into_response())

@@ -18,13 +18,14 @@ use crate::error::ApiError;
 use crate::AppState;
 
 pub async fn metrics(State(st): State<Arc<AppState>>, c: Caller) -> Result<Response, ApiError> {
-    let (status, counters) = tokio::join!(
-        st.call(&c, Request::Status),
-        st.call(&c, Request::Metrics)
-    );
+    let (status, counters) =
+        tokio::join!(st.call(&c, Request::Status), st.call(&c, Request::Metrics));
     let text = render(&status?, &counters?);
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())
@@ -46,12 +47,19 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(status: &Value, counters: &Value) -> String {
     let mut out = String::new();
     let safe = status["daemon"]["state"] == "safe_mode";
-    head(&mut out, "warden_safe_mode", "gauge", "1 while warden is in SAFE MODE.");
+    head(
+        &mut out,
+        "warden_safe_mode",
+        "gauge",
+        "1 while warden is in SAFE MODE.",
+    );
     let _ = writeln!(out, "warden_safe_mode {}", safe as u8);
 
     let agents = status["agents"].as_array().cloned().unwrap_or_default();
     let mut states: BTreeMap<String, u64> = BTreeMap::new();
-    for s in ["running", "stopped", "backoff", "stopping", "failed", "halted", "frozen"] {
+    for s in [
+        "running", "stopped", "backoff", "stopping", "failed", "halted", "frozen",
+    ] {
         states.insert(s.into(), 0);
     }
     for a in &agents {

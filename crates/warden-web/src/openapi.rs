@@ -222,7 +222,11 @@ fn build() -> Value {
     let mut paths = paths;
     for (_, item) in paths.as_object_mut().expect("paths").iter_mut() {
         for (_, o) in item.as_object_mut().expect("item").iter_mut() {
-            for (code, r) in o["responses"].as_object_mut().expect("responses").iter_mut() {
+            for (code, r) in o["responses"]
+                .as_object_mut()
+                .expect("responses")
+                .iter_mut()
+            {
                 if r.get("description").is_none() {
                     r["description"] = json!(describe(code.parse().unwrap_or(0)));
                 }
@@ -255,8 +259,14 @@ mod tests {
     fn every_route_is_described() {
         let s = super::spec();
         for p in [
-            "/api/status", "/api/agents/{name}/logs", "/api/halt", "/api/events",
-            "/metrics", "/api/tokens", "/api/casepacks/{halt_id}", "/api/audit/{seq}",
+            "/api/status",
+            "/api/agents/{name}/logs",
+            "/api/halt",
+            "/api/events",
+            "/metrics",
+            "/api/tokens",
+            "/api/casepacks/{halt_id}",
+            "/api/audit/{seq}",
         ] {
             assert!(s["paths"].get(p).is_some(), "{p}");
         }

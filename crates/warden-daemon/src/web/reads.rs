@@ -82,9 +82,7 @@ pub fn answer(state_dir: &Path, req: &Request) -> Response {
                 "halt_id": halt_id,
                 "file": String::from_utf8_lossy(&warden_core::casepack::to_bytes(&p)),
             })),
-            Err(e) if e.starts_with("no halt") => {
-                Response::err(ErrorKind::NotFound, e)
-            }
+            Err(e) if e.starts_with("no halt") => Response::err(ErrorKind::NotFound, e),
             Err(e) => Response::err(ErrorKind::Failed, e),
         },
         _ => Response::err(ErrorKind::BadRequest, "not an audit read"),

@@ -97,8 +97,8 @@ async fn send<W: AsyncWriteExt + Unpin>(wr: &mut W, e: &Entry) -> bool {
 }
 
 async fn end<W: AsyncWriteExt + Unpin>(wr: &mut W, why: &str) {
-    let mut line = serde_json::to_vec(&serde_json::json!({ STREAM_END: true, "error": why }))
-        .expect("json");
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({ STREAM_END: true, "error": why })).expect("json");
     line.push(b'\n');
     let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&line)).await;
 }

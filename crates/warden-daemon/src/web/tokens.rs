@@ -74,9 +74,8 @@ impl TokenStore {
     pub fn open(state_dir: &Path) -> Result<TokenStore, TokenError> {
         let db = state_dir.join(warden_core::audit::schema::DB_FILE);
         let path = db.display().to_string();
-        let conn = warden_core::audit::schema::open_writer(&db).map_err(|e| {
-            TokenError::Invalid(format!("web tokens: cannot open {path}: {e}"))
-        })?;
+        let conn = warden_core::audit::schema::open_writer(&db)
+            .map_err(|e| TokenError::Invalid(format!("web tokens: cannot open {path}: {e}")))?;
         let mut s = TokenStore {
             conn,
             path,
@@ -315,16 +314,26 @@ mod tests {
     #[test]
     fn secret_is_kept_only_as_its_digest_and_survives_reopen() {
         let (d, mut s) = store();
-        let (t, secret) = s.create("ci", Role::Operator, Some("90d"), Some(0), 1000).unwrap();
+        let (t, secret) = s
+            .create("ci", Role::Operator, Some("90d"), Some(0), 1000)
+            .unwrap();
         assert!(secret.starts_with(PREFIX) && secret.len() == PREFIX.len() + 64);
         assert_eq!(t.expires_at_ms, Some(1000 + 90 * 86_400_000));
         let db = std::fs::read(d.path().join("warden.db")).unwrap();
         assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
         drop(s);
         let s = TokenStore::open(d.path()).unwrap();
-        assert_eq!(s.lookup(&who(&secret).token_sha256, 2000).unwrap().name, "ci");
-        assert!(s.lookup(&who(&secret).token_sha256, 1000 + 90 * 86_400_000).is_none());
-        assert!(serde_json::to_string(&s.list()).unwrap().find("sha256").is_none());
+        assert_eq!(
+            s.lookup(&who(&secret).token_sha256, 2000).unwrap().name,
+            "ci"
+        );
+        assert!(s
+            .lookup(&who(&secret).token_sha256, 1000 + 90 * 86_400_000)
+            .is_none());
+        assert!(serde_json::to_string(&s.list())
+            .unwrap()
+            .find("sha256")
+            .is_none());
     }
 
     #[test]
@@ -332,7 +341,10 @@ mod tests {
         let (_d, mut s) = store();
         let (_, viewer) = s.create("v", Role::Viewer, None, None, 1).unwrap();
         let (_, admin) = s.create("a", Role::Admin, None, None, 1).unwrap();
-        assert!(matches!(s.create("a", Role::Admin, None, None, 1), Err(TokenError::Exists(_))));
+        assert!(matches!(
+            s.create("a", Role::Admin, None, None, 1),
+            Err(TokenError::Exists(_))
+        ));
         assert!(s.create("bad name", Role::Admin, None, None, 1).is_err());
         let web = WebPeer { uid: Some(990) };
         let halt = Request::Halt { reason: "x".into() };
@@ -340,7 +352,10 @@ mod tests {
         // CLI: no token, today's rules.
         assert_eq!(authorize(&s, web, 1000, None, &halt, 5).unwrap(), None);
         // The web user without a token: only ping.
-        assert_eq!(kind(authorize(&s, web, 990, None, &halt, 5)), Some(ErrorKind::Unauthorized));
+        assert_eq!(
+            kind(authorize(&s, web, 990, None, &halt, 5)),
+            Some(ErrorKind::Unauthorized)
+        );
         assert!(authorize(&s, web, 990, None, &Request::Ping, 5).is_ok());
         // A token from another uid is refused.
         assert_eq!(
@@ -351,16 +366,32 @@ mod tests {
             kind(authorize(&s, web, 990, Some(&who(&viewer)), &halt, 5)),
             Some(ErrorKind::Forbidden)
         );
-        let p = authorize(&s, web, 0, Some(&who(&admin)), &halt, 5).unwrap().unwrap();
+        let p = authorize(&s, web, 0, Some(&who(&admin)), &halt, 5)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.token, "a");
         assert!(authorize(&s, web, 990, Some(&who(&viewer)), &Request::Status, 5).is_ok());
         s.revoke("v", 6).unwrap();
         assert_eq!(
-            kind(authorize(&s, web, 990, Some(&who(&viewer)), &Request::Status, 7)),
+            kind(authorize(
+                &s,
+                web,
+                990,
+                Some(&who(&viewer)),
+                &Request::Status,
+                7
+            )),
             Some(ErrorKind::Unauthorized)
         );
         assert_eq!(
-            kind(authorize(&s, web, 990, Some(&who("wdn_web_nope")), &Request::Status, 7)),
+            kind(authorize(
+                &s,
+                web,
+                990,
+                Some(&who("wdn_web_nope")),
+                &Request::Status,
+                7
+            )),
             Some(ErrorKind::Unauthorized)
         );
     }
