@@ -7,7 +7,8 @@
 //! than [`FEED_CAPACITY`](warden_core::audit::FEED_CAPACITY) entries behind,
 //! or whose socket takes no data for [`WRITE_TIMEOUT`], gets an end line and
 //! is disconnected. It reconnects with the last seq it saw and misses
-//! nothing.
+//! nothing. Every stream also ends after [`MAX_LIFETIME`], so that the
+//! token behind it is checked again on the reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,10 @@ use warden_proto::control::STREAM_END;
 
 /// A write that takes longer ends the stream.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream ends after this long: the client reconnects (missing nothing),
+/// and its token is checked again, so a revoked token's stream does not
+/// outlive the revocation by more than this.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
 /// Entries read from the database per query while replaying.
 const REPLAY_CHUNK: u64 = 500;
 
@@ -36,6 +41,7 @@ pub async fn run<W: AsyncWriteExt + Unpin>(
     since: Option<u64>,
     mut live: broadcast::Receiver<Arc<Entry>>,
 ) {
+    let deadline = tokio::time::Instant::now() + MAX_LIFETIME;
     let mut last = since.unwrap_or_else(|| audit.head_seq());
     if since.is_some() {
         let state_dir = audit.state_dir().to_owned();
@@ -67,7 +73,10 @@ pub async fn run<W: AsyncWriteExt + Unpin>(
         }
     }
     loop {
-        match live.recv().await {
+        let Ok(next) = tokio::time::timeout_at(deadline, live.recv()).await else {
+            return end(wr, "stream lifetime reached: reconnect with the last id").await;
+        };
+        match next {
             Ok(e) if e.seq <= last => {}
             Ok(e) => {
                 if !send(wr, &e).await {

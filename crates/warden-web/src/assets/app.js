@@ -219,7 +219,7 @@ async function stream() {
   const headers = { Authorization: "Bearer " + token(), Accept: "text/event-stream" };
   if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
   try {
-    const r = await fetch("/api/events" + (lastEventId === null ? "?since=" + Math.max(0, (window.__head || 0)) : ""), { headers, signal: ctl.signal });
+    const r = await fetch("/api/events", { headers, signal: ctl.signal });
     if (!r.ok) throw new Error("events: HTTP " + r.status);
     $("live").textContent = "events: live";
     $("live").className = "pill on";
