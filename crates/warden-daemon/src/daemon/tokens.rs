@@ -22,8 +22,11 @@ impl Daemon {
             now,
         );
         if let Err(refusal) = &r {
-            // Never the digest: it identifies the secret.
-            let _ = self.audit.record(audit_event(
+            // Never the digest: it identifies the secret. Queued, not
+            // awaited: a refusal changes nothing, and the loop must not wait
+            // on the disk for someone guessing tokens (the web limits them
+            // per peer address too).
+            drop(self.audit.submit(audit_event(
                 "web_refused",
                 None,
                 Some(c.uid),
@@ -32,7 +35,7 @@ impl Daemon {
                     "kind": refusal.kind,
                     "why": refusal.error,
                 }),
-            ));
+            )));
         }
         r
     }
