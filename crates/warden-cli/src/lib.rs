@@ -135,9 +135,6 @@ pub enum Verb {
     /// API tokens of `warden web`: create (secret shown once), list, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// The guard process (started by the daemon).
-    #[command(name = "__guard", hide = true)]
-    Guard(daemon::GuardArgs),
 }
 
 impl Cli {
@@ -194,6 +191,5 @@ pub fn main() -> i32 {
         Verb::Keygen(a) => authorize::keygen(a),
         Verb::Web(a) => web::run(a),
         Verb::Token(c) => token::run(&socket, c),
-        Verb::Guard(a) => daemon::guard(a),
     }
 }

@@ -11,7 +11,7 @@
 //!   decision, approvals and runs.
 //! - [`control_socket`] and [`agent_socket`]: the servers of the control
 //!   socket and of each agent's socket.
-//! - [`guard`]: a small process that kills every agent if the daemon dies.
+//! - [`kernel_link`]: the daemon's side of the safety kernel's protocol.
 //! - [`web`]: what the daemon does for `warden web`: API tokens and roles,
 //!   metrics counters, audit reads and the event stream (no HTTP here).
 #![deny(unsafe_code)]
@@ -20,7 +20,7 @@ pub mod agent_socket;
 pub mod broker;
 pub mod control_socket;
 pub mod daemon;
-pub mod guard;
+pub mod kernel_link;
 pub mod killswitch;
 pub mod monitor;
 pub mod web;

@@ -28,11 +28,11 @@ impl AppState {
         if r.ok {
             return Ok(r.data.unwrap_or(Value::Null));
         }
-        if r.kind == Some(ErrorKind::Unauthorized) {
+        if r.code == Some(ErrorKind::Unauthorized) {
             self.limits.failed(c.peer, Instant::now());
         }
         Err(ApiError::from_kind(
-            r.kind,
+            r.code,
             r.error.unwrap_or_else(|| "request failed".into()),
         ))
     }

@@ -54,11 +54,11 @@ pub async fn events(
     })?;
     let (first, sub) = st.daemon.subscribe(since, &c.who).await?;
     let Some(mut sub) = sub else {
-        if first.kind == Some(ErrorKind::Unauthorized) {
+        if first.code == Some(ErrorKind::Unauthorized) {
             st.limits.failed(c.peer, Instant::now());
         }
         return Err(ApiError::from_kind(
-            first.kind,
+            first.code,
             first.error.unwrap_or_else(|| "refused".into()),
         ));
     };

@@ -12,7 +12,7 @@ impl Daemon {
     /// `Ok(None)`: a CLI request; `Ok(Some)`: a web token allowed to make
     /// it; `Err`: the refusal to answer (audited).
     pub(super) fn authorize_web(&mut self, c: &Command) -> Result<Option<Principal>, Response> {
-        let now = warden_core::evidence::now_ms();
+        let now = warden_core::clock::now_ms();
         let r = tokens::authorize(
             &self.tokens,
             self.web_peer,
@@ -32,7 +32,7 @@ impl Daemon {
                 Some(c.uid),
                 json!({
                     "command": c.request.name(),
-                    "kind": refusal.kind,
+                    "kind": refusal.code,
                     "why": refusal.error,
                 }),
             )));
@@ -47,7 +47,7 @@ impl Daemon {
         expires: Option<&str>,
         uid: u32,
     ) -> Response {
-        let now = warden_core::evidence::now_ms();
+        let now = warden_core::clock::now_ms();
         match self.tokens.create(name, role, expires, Some(uid), now) {
             Ok((t, secret)) => {
                 let _ = self.audit.record(audit_event(
@@ -67,7 +67,7 @@ impl Daemon {
     }
 
     pub(super) fn token_revoke(&mut self, name: &str, uid: u32) -> Response {
-        let now = warden_core::evidence::now_ms();
+        let now = warden_core::clock::now_ms();
         match self.tokens.revoke(name, now) {
             Ok(t) => {
                 let _ = self.audit.record(audit_event(

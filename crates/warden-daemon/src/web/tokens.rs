@@ -348,7 +348,7 @@ mod tests {
         assert!(s.create("bad name", Role::Admin, None, None, 1).is_err());
         let web = WebPeer { uid: Some(990) };
         let halt = Request::Halt { reason: "x".into() };
-        let kind = |r: Result<Option<Principal>, Response>| r.err().and_then(|r| r.kind);
+        let kind = |r: Result<Option<Principal>, Response>| r.err().and_then(|r| r.code);
         // CLI: no token, today's rules.
         assert_eq!(authorize(&s, web, 1000, None, &halt, 5).unwrap(), None);
         // The web user without a token: only ping.
