@@ -142,11 +142,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     match st.daemon.call(&Request::Ping, None).await {
         Ok(r) if r.ok => Json(json!({"status": "ok", "daemon": "reachable"})).into_response(),
-        _ => (
+        Ok(r) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "daemon": "unreachable"})),
+            "daemon_unavailable",
+            r.error.unwrap_or_else(|| "the daemon refused ping".into()),
         )
-            .into_response(),
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
