@@ -54,6 +54,9 @@ fn openapi_holds_under_schemathesis() {
         .args(["--seed", "14"])
         .env("HOME", env.path(""))
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its cache directory (.schemathesis/) goes into the test's own
+        // temporary directory, not the repository.
+        .current_dir(env.path(""))
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .stdin(Stdio::null())
