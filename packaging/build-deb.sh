@@ -29,6 +29,7 @@ install -d "$stage/DEBIAN"
 install -D -m 0755 "$WARDEN_BIN" "$stage/usr/bin/warden"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage/usr/bin/warden"
 install -D -m 0644 systemd/warden.service "$stage/lib/systemd/system/warden.service"
+install -D -m 0644 systemd/warden-web.service "$stage/lib/systemd/system/warden-web.service"
 install -D -m 0644 udev/60-warden-watchdog.rules "$stage/lib/udev/rules.d/60-warden-watchdog.rules"
 install -D -m 0644 packaging/warden.tmpfiles "$stage/usr/lib/tmpfiles.d/warden.conf"
 # 0640: agents' `env` tables may hold secrets (the daemon refuses a
@@ -39,9 +40,11 @@ install -D -m 0644 packaging/debian/changelog "$stage/usr/share/doc/warden/chang
 install -D -m 0644 docs/operators.md "$stage/usr/share/doc/warden/operators.md"
 install -D -m 0644 docs/broker.md "$stage/usr/share/doc/warden/broker.md"
 install -D -m 0644 docs/agent-api.md "$stage/usr/share/doc/warden/agent-api.md"
+install -D -m 0644 docs/web.md "$stage/usr/share/doc/warden/web.md"
 install -D -m 0644 packaging/warden.1 "$stage/usr/share/man/man1/warden.1"
 gzip -9n "$stage/usr/share/doc/warden/changelog" "$stage/usr/share/doc/warden/operators.md" \
     "$stage/usr/share/doc/warden/broker.md" "$stage/usr/share/doc/warden/agent-api.md" \
+    "$stage/usr/share/doc/warden/web.md" \
     "$stage/usr/share/man/man1/warden.1"
 
 for f in postinst prerm postrm; do

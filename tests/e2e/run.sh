@@ -379,8 +379,30 @@ check1() {
     check "1 /run/warden 0755 root:root" test "$(c stat -c '%a %U:%G' /run/warden 2>&1)" = "755 root:root"
     check "1 socket /run/warden/control.sock 0660 root:warden" test \
         "$(c stat -c '%a %U:%G' /run/warden/control.sock 2>&1)" = "660 root:warden"
+    check "1 warden-web.service active" wait_for 20 web_active
+    check "1 warden web runs as warden-web with no capabilities" web_unprivileged
+    local tok
+    tok=$(c warden token create --name e2e --role viewer --json | sed -n 's/.*"secret": *"\([^"]*\)".*/\1/p')
+    check "1 warden web: /api/status with a token answers" web_status_ok "$tok"
+    check "1 warden web: /api/status without a token is 401" web_status_401
     show_status
 }
+
+web_active() { [ "$(c systemctl is-active warden-web.service)" = active ]; }
+web_unprivileged() {
+    local p
+    p=$(c systemctl show -p MainPID --value warden-web.service)
+    [ -n "$p" ] && [ "$p" != 0 ] &&
+        c grep -q "^Uid:[[:space:]]*$(c id -u warden-web)[[:space:]]" "/proc/$p/status" &&
+        c grep -q '^CapEff:[[:space:]]*0000000000000000$' "/proc/$p/status"
+}
+# The container's bookworm minbase has no curl (and the rootfs is cached), so
+# the request is made with bash's /dev/tcp from inside the container.
+web_get() {
+    c bash -c 'exec 3<>/dev/tcp/127.0.0.1/8787; printf "GET $1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n${2:+Authorization: Bearer $2\r\n}\r\n" >&3; cat <&3' _ "$@"
+}
+web_status_ok() { web_get /api/status "$1" | grep -q '^HTTP/1.1 200' ; }
+web_status_401() { web_get /api/status | grep -q '^HTTP/1.1 401' ; }
 
 check2() {
     phase "2: stop file"

@@ -33,6 +33,19 @@ pub fn run(socket: &std::path::Path, a: Args) -> i32 {
             return super::exit::CONFIG;
         }
     }
+    if c.web.is_some() {
+        match warden_web::config::load(&a.file) {
+            Ok(s) => println!(
+                "{}: ok, [web] listens on {}",
+                a.file.display(),
+                s.web.listen
+            ),
+            Err(e) => {
+                eprintln!("warden: {e}");
+                return super::exit::CONFIG;
+            }
+        }
+    }
     if let Some(t) = &c.tools {
         match warden_daemon::broker::load_registry(&c, t) {
             Ok((r, _)) => println!("{}: ok, {} tool(s)", t.display(), r.len()),

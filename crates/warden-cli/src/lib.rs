@@ -30,6 +30,8 @@ mod output;
 mod reload;
 mod resume;
 mod status;
+mod token;
+mod web;
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -132,6 +134,12 @@ pub enum Verb {
     AuthorizeResume(authorize::Args),
     /// Make an Ed25519 key pair for resume authorizations.
     Keygen(authorize::KeygenArgs),
+    /// Serve the REST API, live events, dashboard and metrics (unprivileged;
+    /// run by warden-web.service).
+    Web(web::Args),
+    /// API tokens of `warden web`: create (secret shown once), list, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -186,5 +194,7 @@ pub fn main() -> i32 {
         Verb::Key(c) => key::run(c),
         Verb::AuthorizeResume(a) => authorize::run(a),
         Verb::Keygen(a) => authorize::keygen(a),
+        Verb::Web(a) => web::run(a),
+        Verb::Token(c) => token::run(&socket, c),
     }
 }

@@ -10,7 +10,10 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use warden_proto::control::{parse_request, salvage_halt, ErrorKind, Request, Response, MAX_LINE};
+use warden_core::audit::Audit;
+use warden_proto::control::{
+    parse_line, salvage_halt, ErrorKind, OnBehalfOf, Request, Response, MAX_LINE,
+};
 use warden_proto::frame::{self, Frame};
 
 /// A request for the main loop, with who sent it and where to answer.
@@ -19,6 +22,9 @@ pub struct Command {
     pub request: Request,
     pub uid: u32,
     pub pid: Option<i32>,
+    /// The web token the request is made for (`warden web`), checked by the
+    /// main loop (`web::tokens::authorize`) before anything runs.
+    pub on_behalf_of: Option<OnBehalfOf>,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -60,6 +66,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Serves until the process ends; each connection gets its own task.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {
+    serve_with(listener, tx, None).await
+}
+
+/// As [`serve`]; with the audit handle, `subscribe` connections get the
+/// event stream (see [`crate::web::stream`]).
+pub async fn serve_with(listener: UnixListener, tx: mpsc::Sender<Command>, audit: Option<Audit>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let root_slots = Arc::new(Semaphore::new(ROOT_RESERVE));
     loop {
@@ -74,8 +86,9 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Command>) {
                 match permit {
                     Ok(permit) => {
                         let tx = tx.clone();
+                        let audit = audit.clone();
                         tokio::spawn(async move {
-                            connection(stream, tx).await;
+                            connection(stream, tx, audit).await;
                             drop(permit);
                         });
                     }
@@ -107,7 +120,7 @@ async fn refuse(stream: UnixStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write(&mut wr, &r)).await;
 }
 
-async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
+async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>, audit: Option<Audit>) {
     let Ok(cred) = stream.peer_cred() else {
         return;
     };
@@ -140,7 +153,7 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         if frame == Frame::TooLong {
             // A halt is never refused for its size; anything else is.
             let r = match salvage_halt(&line) {
-                Some(request) => ask(&tx, request, uid, pid).await,
+                Some(request) => ask(&tx, request, uid, pid, None).await,
                 None => Some(Response::err(
                     ErrorKind::BadRequest,
                     format!("bad request: line longer than {MAX_LINE} bytes"),
@@ -153,13 +166,37 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         }
         let resp = match std::str::from_utf8(&line)
             .map_err(|_| "bad request: not UTF-8".to_string())
-            .and_then(|s| parse_request(s.trim()))
+            .and_then(|s| parse_line(s.trim()))
         {
             Err(e) => Response::err(ErrorKind::BadRequest, e),
-            Ok(request) => match ask(&tx, request, uid, pid).await {
-                Some(r) => r,
-                None => return,
-            },
+            Ok((request, on_behalf_of)) => {
+                let since = match &request {
+                    Request::Subscribe { since } => Some(*since),
+                    _ => None,
+                };
+                // Listen before the main loop answers: nothing committed in
+                // between is lost.
+                let live = since.and(audit.as_ref()).map(crate::web::stream::listen);
+                let Some(resp) = ask(&tx, request, uid, pid, on_behalf_of).await else {
+                    return;
+                };
+                if let (Some(since), true) = (since, resp.ok) {
+                    if write(&mut wr, &resp).await.is_err() {
+                        return;
+                    }
+                    match (audit.as_ref(), live) {
+                        (Some(audit), Some(live)) => {
+                            crate::web::stream::run(&mut wr, audit, since, live).await
+                        }
+                        _ => {
+                            let r = Response::err(ErrorKind::Failed, "no event feed");
+                            let _ = write(&mut wr, &r).await;
+                        }
+                    }
+                    return;
+                }
+                resp
+            }
         };
         if write(&mut wr, &resp).await.is_err() {
             return;
@@ -174,12 +211,14 @@ async fn ask(
     request: Request,
     uid: u32,
     pid: Option<i32>,
+    on_behalf_of: Option<OnBehalfOf>,
 ) -> Option<Response> {
     let (reply, rx) = oneshot::channel();
     tx.send(Command {
         request,
         uid,
         pid,
+        on_behalf_of,
         reply,
     })
     .await

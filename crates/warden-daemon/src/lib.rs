@@ -12,6 +12,8 @@
 //! - [`control_socket`] and [`agent_socket`]: the servers of the control
 //!   socket and of each agent's socket.
 //! - [`kernel_link`]: the daemon's side of the safety kernel's protocol.
+//! - [`web`]: what the daemon does for `warden web`: API tokens and roles,
+//!   metrics counters, audit reads and the event stream (no HTTP here).
 #![deny(unsafe_code)]
 
 pub mod agent_socket;
@@ -21,3 +23,4 @@ pub mod daemon;
 pub mod kernel_link;
 pub mod killswitch;
 pub mod monitor;
+pub mod web;

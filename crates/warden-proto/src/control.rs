@@ -174,7 +174,97 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         authorization: Option<serde_json::Value>,
     },
+
+    // --- `warden web` (issue #14): events, metrics, audit reads, tokens ---
+    /// Turns the connection into a stream: every audit entry after `since`
+    /// (from the database), then each new one as it is committed, one JSON
+    /// line each ([`STREAM_END`] marks an error line that ends it).
+    Subscribe {
+        since: Option<u64>,
+    },
+    /// Counters the daemon keeps for `/metrics` (halts, phase timings, seq).
+    Metrics,
+    /// The last `n` audit entries (default 50, at most [`AUDIT_TAIL_MAX`]).
+    AuditTail {
+        n: Option<u64>,
+    },
+    /// One audit entry.
+    AuditShow {
+        seq: u64,
+    },
+    /// Check the chain, signatures and head, as `warden audit verify`.
+    AuditVerify,
+    /// The case pack of a halt, as its JSON document.
+    Casepack {
+        halt_id: String,
+    },
+    /// A web API token; the secret is answered once, only its SHA-256 kept.
+    TokenCreate {
+        name: String,
+        role: Role,
+        /// e.g. "90d"; none: never expires.
+        expires: Option<String>,
+    },
+    /// Every token (never a secret or a digest).
+    TokenList,
+    TokenRevoke {
+        name: String,
+    },
 }
+
+/// Most entries one `audit-tail` answers.
+pub const AUDIT_TAIL_MAX: u64 = 1000;
+
+/// Roles of web API tokens, each including the one before.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads only.
+    Viewer,
+    /// Viewer, plus start, stop, restart, approve, reject, checkin.
+    Operator,
+    /// Operator, plus halt, the two-phase kill, resume, credentials, reload
+    /// and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("role {s:?}: use viewer, operator or admin")),
+        }
+    }
+}
+
+/// Who a request is made for: the web service sends the SHA-256 of the
+/// bearer token it was given; the daemon looks it up and checks its role.
+/// Accepted only from root and the configured web user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OnBehalfOf {
+    /// Hex SHA-256 of the bearer token (the token itself never crosses).
+    pub token_sha256: String,
+}
+
+/// Top-level key of a request line that carries [`OnBehalfOf`].
+pub const ON_BEHALF_OF: &str = "on_behalf_of";
+
+/// In a `subscribe` stream, a line with this key (and `error`) is the last.
+pub const STREAM_END: &str = "end";
 
 impl Request {
     /// Reads change nothing: allowed in SAFE MODE, and answered even when
@@ -193,6 +283,13 @@ impl Request {
                 | Request::Runs { .. }
                 | Request::RunShow { .. }
                 | Request::Reload { dry_run: true, .. }
+                | Request::Subscribe { .. }
+                | Request::Metrics
+                | Request::AuditTail { .. }
+                | Request::AuditShow { .. }
+                | Request::AuditVerify
+                | Request::Casepack { .. }
+                | Request::TokenList
         )
     }
 
@@ -222,6 +319,55 @@ impl Request {
             Request::Runs { .. } => "runs",
             Request::RunShow { .. } => "run-show",
             Request::Reload { .. } => "reload",
+            Request::Subscribe { .. } => "subscribe",
+            Request::Metrics => "metrics",
+            Request::AuditTail { .. } => "audit-tail",
+            Request::AuditShow { .. } => "audit-show",
+            Request::AuditVerify => "audit-verify",
+            Request::Casepack { .. } => "casepack",
+            Request::TokenCreate { .. } => "token-create",
+            Request::TokenList => "token-list",
+            Request::TokenRevoke { .. } => "token-revoke",
+        }
+    }
+
+    /// The least role a web token needs for this request. Every verb is
+    /// listed, so a new verb cannot be added without deciding.
+    pub fn required_role(&self) -> Role {
+        match self {
+            Request::Ping
+            | Request::Status
+            | Request::Agents
+            | Request::Logs { .. }
+            | Request::Authorizations
+            | Request::CredList
+            | Request::Approvals
+            | Request::Runs { .. }
+            | Request::RunShow { .. }
+            | Request::Subscribe { .. }
+            | Request::Metrics
+            | Request::AuditTail { .. }
+            | Request::AuditShow { .. }
+            | Request::AuditVerify
+            | Request::Casepack { .. } => Role::Viewer,
+            Request::Start { .. }
+            | Request::Stop { .. }
+            | Request::Restart { .. }
+            | Request::Approve { .. }
+            | Request::Reject { .. }
+            | Request::Checkin => Role::Operator,
+            Request::Halt { .. }
+            | Request::Arm { .. }
+            | Request::Execute { .. }
+            | Request::Disarm { .. }
+            | Request::Resume { .. }
+            | Request::CredIssue { .. }
+            | Request::CredVerify { .. }
+            | Request::CredRevoke { .. }
+            | Request::Reload { .. }
+            | Request::TokenCreate { .. }
+            | Request::TokenList
+            | Request::TokenRevoke { .. } => Role::Admin,
         }
     }
 }
@@ -234,6 +380,11 @@ pub enum ErrorKind {
     NotFound,
     Refused,
     Failed,
+    /// `on_behalf_of` names no valid token (unknown, revoked, expired), or
+    /// came from a uid that may not use it.
+    Unauthorized,
+    /// The token's role does not allow the verb.
+    Forbidden,
 }
 
 impl crate::frame::Codes for ErrorKind {
@@ -260,6 +411,39 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ));
     }
     Ok(req)
+}
+
+/// Parses a request line that may carry [`ON_BEHALF_OF`] next to the
+/// request's own keys.
+pub fn parse_line(line: &str) -> Result<(Request, Option<OnBehalfOf>), String> {
+    if !line.contains(ON_BEHALF_OF) {
+        return parse_request(line).map(|r| (r, None));
+    }
+    let mut raw: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    let obo = match raw.remove(ON_BEHALF_OF) {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<OnBehalfOf>(v)
+                .map_err(|e| format!("bad request: {ON_BEHALF_OF}: {e}"))?,
+        ),
+    };
+    let rest = serde_json::Value::Object(raw).to_string();
+    parse_request(&rest).map(|r| (r, obo))
+}
+
+/// One request line (with its newline), for `who` if given.
+pub fn encode_line(req: &Request, who: Option<&OnBehalfOf>) -> String {
+    let mut v = serde_json::to_value(req).expect("request serializes");
+    if let (Some(who), Some(map)) = (who, v.as_object_mut()) {
+        map.insert(
+            ON_BEHALF_OF.into(),
+            serde_json::to_value(who).expect("on_behalf_of serializes"),
+        );
+    }
+    let mut s = v.to_string();
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
@@ -317,6 +501,47 @@ mod tests {
         ));
         let status = format!("{{\"cmd\":\"status\",\"x\":\"{}", "y".repeat(MAX_LINE));
         assert_eq!(salvage_halt(status.as_bytes()), None);
+    }
+
+    #[test]
+    fn on_behalf_of_travels_beside_the_request() {
+        let who = OnBehalfOf {
+            token_sha256: "ab".repeat(32),
+        };
+        let req = Request::TokenCreate {
+            name: "ci".into(),
+            role: Role::Operator,
+            expires: Some("90d".into()),
+        };
+        let line = encode_line(&req, Some(&who));
+        assert_eq!(parse_line(line.trim()).unwrap(), (req.clone(), Some(who)));
+        let line = encode_line(&req, None);
+        assert_eq!(parse_line(line.trim()).unwrap(), (req, None));
+        assert!(parse_line(r#"{"cmd":"status","on_behalf_of":{"x":1}}"#).is_err());
+        let (r, w) =
+            parse_line(r#"{"cmd":"status","on_behalf_of":{"token_sha256":"00"}}"#).unwrap();
+        assert_eq!(r, Request::Status);
+        assert!(w.is_some());
+    }
+
+    #[test]
+    fn roles_are_ordered_and_verbs_have_one() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert_eq!(Request::Status.required_role(), Role::Viewer);
+        assert_eq!(Request::Checkin.required_role(), Role::Operator);
+        assert_eq!(
+            Request::Halt { reason: "x".into() }.required_role(),
+            Role::Admin
+        );
+        assert_eq!(Request::TokenList.required_role(), Role::Admin);
+        assert_eq!(
+            parse_request(r#"{"cmd":"subscribe","since":3}"#).unwrap(),
+            Request::Subscribe { since: Some(3) }
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"audit-tail"}"#).unwrap(),
+            Request::AuditTail { n: None }
+        );
     }
 
     #[test]

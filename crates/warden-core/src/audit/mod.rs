@@ -143,7 +143,16 @@ pub struct Shared {
     healthy: AtomicBool,
     /// The first failure, for every later error message.
     failure: Mutex<Option<String>>,
+    /// Every committed entry, for subscribers (`warden web`'s event stream).
+    /// Sending never blocks the writer: a subscriber that falls more than
+    /// [`FEED_CAPACITY`] entries behind sees `Lagged` and is dropped.
+    feed: tokio::sync::broadcast::Sender<Arc<Entry>>,
+    /// seq of the last committed entry (`warden_audit_seq`).
+    head_seq: std::sync::atomic::AtomicU64,
 }
+
+/// Entries the live feed holds for its slowest subscriber.
+pub const FEED_CAPACITY: usize = 1024;
 
 impl Shared {
     /// Marks the writer failed (keeping the first reason) and returns `err`.
@@ -273,6 +282,8 @@ impl Audit {
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             failure: Mutex::new(None),
+            feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0,
+            head_seq: std::sync::atomic::AtomicU64::new(0),
         });
         let key_id = key.key_id().to_string();
 
@@ -445,6 +456,21 @@ impl Audit {
     /// Key id of the signing key.
     pub fn key_id(&self) -> &str {
         &self.inner.key_id
+    }
+
+    /// A receiver of every entry committed from now on, in seq order.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Entry>> {
+        self.inner.shared.feed.subscribe()
+    }
+
+    /// seq of the last committed entry.
+    pub fn head_seq(&self) -> u64 {
+        self.inner.shared.head_seq.load(Ordering::SeqCst)
+    }
+
+    /// Where the database and keys live.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
     }
 
     /// Whether `safety_events.jsonl` carries the append-only attribute.

@@ -29,12 +29,39 @@ pub struct Migration {
 }
 
 /// Every step, in order; `MIGRATIONS[i].version == i + 1`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "agents, credentials, authorizations, audit_log, evidence, checkpoints, system_state",
-    up: v1_up,
-    down: v1_down,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "agents, credentials, authorizations, audit_log, evidence, checkpoints, system_state",
+        up: v1_up,
+        down: v1_down,
+    },
+    Migration {
+        version: 2,
+        name: "web_tokens",
+        up: v2_up,
+        down: v2_down,
+    },
+];
+
+/// `warden web`'s API tokens: only the SHA-256 of each secret is kept.
+fn v2_up(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE web_tokens (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            sha256 TEXT NOT NULL UNIQUE,
+            created_at_ms INTEGER NOT NULL,
+            created_by_uid INTEGER,
+            expires_at_ms INTEGER,
+            revoked_at_ms INTEGER
+        );",
+    )
+}
+
+fn v2_down(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("DROP TABLE web_tokens;")
+}
 
 /// The schema version this build writes.
 pub fn latest_version() -> u32 {

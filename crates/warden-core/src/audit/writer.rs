@@ -19,7 +19,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection};
 use serde_json::json;
 
-use super::chain::{self, Checkpoint, Host};
+use super::chain::{self, Checkpoint, Entry, Host};
 use super::safety_log::SafetyLog;
 use super::store::{self, EvidenceRecord};
 use super::{AuditError, Event, Receipt, Result, Safety, Shared};
@@ -112,6 +112,8 @@ pub struct Writer {
     witness: Option<Sender<Checkpoint>>,
     /// Health flag and first error, shared with every `Audit` handle.
     shared: Arc<Shared>,
+    /// Entries of the open transaction, published once it commits.
+    fresh: Vec<Entry>,
 }
 
 /// What a request produced inside the transaction, answered after commit.
@@ -186,7 +188,9 @@ impl Writer {
             safety,
             witness,
             shared,
+            fresh: Vec::new(),
         };
+        w.shared.head_seq.store(w.head.seq, Ordering::SeqCst);
         let recorded = store::get_state(&w.conn, store::PUBLIC_KEY_KEY).map_err(|e| db_err(&e))?;
         if let Some(pem) = &recorded {
             // A log whose key was replaced (keys/ wiped and regenerated)
@@ -295,6 +299,7 @@ impl Writer {
         })();
         if let Err(e) = result {
             // Nothing of the batch is committed: roll back and poison.
+            self.fresh.clear();
             let rollback = self.conn.execute_batch("ROLLBACK");
             self.head = saved.0;
             self.last_checkpoint = saved.1;
@@ -334,6 +339,11 @@ impl Writer {
                 message: e.to_string(),
             })
         });
+        self.shared.head_seq.store(self.head.seq, Ordering::SeqCst);
+        for e in self.fresh.drain(..) {
+            // No receiver is not an error: nobody is watching.
+            let _ = self.shared.feed.send(Arc::new(e));
+        }
         if let Some(witness) = &self.witness {
             for cp in &new_checkpoints {
                 let _ = witness.send(cp.clone());
@@ -383,6 +393,18 @@ impl Writer {
                 self.head.hash,
                 hash,
             ])?;
+        if self.shared.feed.receiver_count() > 0 {
+            self.fresh.push(Entry {
+                seq,
+                timestamp,
+                kind: ev.kind.clone(),
+                agent: ev.agent.clone(),
+                uid: ev.uid,
+                data: ev.data.clone(),
+                prev_hash: self.head.hash.clone(),
+                hash: hash.clone(),
+            });
+        }
         self.head = Head {
             seq,
             hash: hash.clone(),

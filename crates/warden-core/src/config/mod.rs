@@ -425,9 +425,28 @@ pub struct Config {
     pub evidence_budget: Option<Dur>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
+    /// `[web]`: read by `warden web` itself (and checked by `warden
+    /// check-config` with its parser); the daemon keeps it opaque so it
+    /// links none of the web's code. Only `user` matters here (see
+    /// [`Config::web_user`]).
+    pub web: Option<toml::Table>,
 }
 
+/// The web service's default system user (`[web] user`).
+pub const DEFAULT_WEB_USER: &str = "warden-web";
+
 impl Config {
+    /// The user `warden web` runs as: the only uid besides root whose
+    /// requests may carry `on_behalf_of` a web token.
+    pub fn web_user(&self) -> String {
+        self.web
+            .as_ref()
+            .and_then(|t| t.get("user"))
+            .and_then(|v| v.as_str())
+            .unwrap_or(DEFAULT_WEB_USER)
+            .to_string()
+    }
+
     /// Reads and validates a config file.
     /// Besides [`Config::parse`], checks the file against the host: not
     /// readable by others while an agent has `env` secrets, and a

@@ -35,32 +35,47 @@ impl Daemon {
             use sha2::Digest;
             data["config_text"] = json!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(t))));
         }
-        // Reads change nothing and are not audited: `logs -f` alone asks
-        // four times a second, which would bury the mutations.
-        let audited = if c.request.is_read() {
-            Ok(())
-        } else {
-            self.audit
-                .record(audit_event(
-                    "command",
-                    None,
-                    Some(c.uid),
-                    json!({"request": data, "pid": c.pid}),
-                ))
-                .map(drop)
-        };
-        if let Err(e) = audited {
-            // Fail closed: nothing that changes state runs unaudited. Reads
-            // still answer, so a human can see why everything stopped.
-            self.audit_failed(&e.to_string());
-            if !c.request.is_read() {
-                let _ = c.reply.send(Response::err(
-                    ErrorKind::Failed,
-                    format!("audit log unwritable, refusing {req_name}: {e}"),
-                ));
+        // Requests from `warden web` name the token they act for: the
+        // daemon, not the web, decides what that token may do.
+        let principal = match self.authorize_web(&c) {
+            Ok(p) => p,
+            Err(refusal) => {
+                let _ = c.reply.send(refusal);
                 return;
             }
+        };
+        let mut audited = json!({"request": data, "pid": c.pid});
+        if let Some(p) = &principal {
+            audited["on_behalf_of"] = json!(p);
         }
+        // Reads change nothing and are not audited: `logs -f` alone asks
+        // four times a second, and a dashboard more, which would bury the
+        // mutations. Who may read is still checked above.
+        if c.request.is_read() {
+            return self.answer_read(c, now);
+        }
+        let event = audit_event("command", None, Some(c.uid), audited);
+        if let Err(e) = self.audit.record(event) {
+            // Fail closed: nothing that changes state runs unaudited.
+            self.audit_failed(&e.to_string());
+            let _ = c.reply.send(Response::err(
+                ErrorKind::Failed,
+                format!("audit log unwritable, refusing {req_name}: {e}"),
+            ));
+            return;
+        }
+        let resp = self.answer(c.request, c.uid, now);
+        tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");
+        let _ = c.reply.send(resp);
+    }
+
+    /// A read: answered at once; the audit-log reads (tail, show, verify,
+    /// case packs) on a blocking thread, off the loop.
+    fn answer_read(&mut self, c: Command, now: Instant) {
+        if crate::web::reads::is_read(&c.request) {
+            return self.answer_read_off_loop(c.request, c.reply);
+        }
+        let req_name = c.request.name();
         let resp = self.answer(c.request, c.uid, now);
         tracing::debug!(cmd = req_name, uid = c.uid, ok = resp.ok, "command");
         let _ = c.reply.send(resp);
@@ -141,6 +156,22 @@ impl Daemon {
                 reason,
                 authorization,
             } => self.resume(&reason, authorization, uid),
+            // `warden web` (daemon/tokens.rs, daemon/web_reads.rs).
+            Request::Subscribe { .. } => self.subscribe(),
+            Request::Metrics => self.metrics_json(),
+            Request::AuditTail { .. }
+            | Request::AuditShow { .. }
+            | Request::AuditVerify
+            | Request::Casepack { .. } => {
+                Response::err(ErrorKind::Failed, "audit reads are answered off the loop")
+            }
+            Request::TokenCreate {
+                name,
+                role,
+                expires,
+            } => self.token_create(&name, role, expires.as_deref(), uid),
+            Request::TokenList => self.token_list(),
+            Request::TokenRevoke { name } => self.token_revoke(&name, uid),
         }
     }
 

@@ -49,7 +49,7 @@ impl Daemon {
             }
         };
         let (tx, mut cmds) = mpsc::channel::<Command>(64);
-        tokio::spawn(server::serve(listener, tx));
+        tokio::spawn(server::serve_with(listener, tx, Some(self.audit.clone())));
         let (agent_tx, mut agent_cmds) = mpsc::channel::<AgentCommand>(256);
         self.agent_tx = Some(agent_tx);
         let (tool_tx, mut tools_done) = mpsc::unbounded_channel::<broker::ToolDone>();

@@ -136,6 +136,7 @@ impl Daemon {
         self.seal_halt(&report, &evidence, uid);
         drop(evidence);
         warden_core::sys::release_free_memory();
+        self.metrics.halt(&report);
         self.last_halt = Some(report);
         self.notify_status();
     }
@@ -252,6 +253,7 @@ impl Daemon {
         }
         let report = self.ladder_one(name, "heartbeat", &reason, true);
         if let Some(r) = &report {
+            self.metrics.halt(r);
             self.slots[name].log.note(&format!(
                 "halted: {reason}; {} processes, empty after {} us",
                 r.processes, r.timings.empty_us

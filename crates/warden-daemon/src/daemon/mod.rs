@@ -43,6 +43,8 @@ mod reload;
 mod shutdown;
 mod startup;
 mod status;
+mod tokens;
+mod web_reads;
 
 use agents::{policy_of, reap_pid};
 use startup::make_dir;
@@ -194,6 +196,12 @@ pub struct Daemon {
     creds: crate::killswitch::credentials::CredentialStore,
     /// Tool registry, approvals, runs and the tools running now.
     broker: broker::Broker,
+    /// `warden web`'s API tokens (digests only) and their roles.
+    tokens: crate::web::tokens::TokenStore,
+    /// The uid besides root that may send requests on behalf of a token.
+    web_peer: crate::web::tokens::WebPeer,
+    /// Halt counters and phase timings for `/metrics`.
+    metrics: crate::web::metrics::Metrics,
 }
 
 impl Daemon {

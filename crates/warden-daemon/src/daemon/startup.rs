@@ -345,7 +345,13 @@ impl Daemon {
         let creds = crate::killswitch::credentials::CredentialStore::open(&ks_creds)
             .map_err(|e| store_err(ks_creds.clone())(e.to_string()))?;
         let broker = broker::Broker::open(&cfg, &key)?;
+        let tokens = crate::web::tokens::TokenStore::open(&cfg.state_dir)
+            .map_err(|e| store_err(cfg.state_dir.join("warden.db"))(e.to_string()))?;
+        let web_peer = crate::web::tokens::WebPeer::resolve(&cfg.web_user());
         let mut d = Daemon {
+            tokens,
+            web_peer,
+            metrics: Default::default(),
             broker,
             twophase,
             creds,
