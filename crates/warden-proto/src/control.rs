@@ -109,6 +109,29 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         authorization: Option<serde_json::Value>,
     },
+
+    // The fleet bridge (`warden fleet run`, crates/warden-fleet): an
+    // unprivileged control-socket client that relays fleet halts from etcd.
+    /// The fleet process introduces itself; from now on its beats are due.
+    FleetHello {
+        node: String,
+    },
+    /// The fleet process is alive. Not audited (it comes every ~250 ms); the
+    /// answer carries what the fleet publishes for this node.
+    FleetBeat,
+    /// A halt relayed from the fleet: `trigger` is `fleet` (a fleet halt
+    /// record, `epoch` names it) or `fleet_partition` (this node lost etcd).
+    FleetHalt {
+        trigger: String,
+        epoch: Option<u64>,
+        reason: String,
+    },
+    /// A fleet event (halt seen, ack, partition, resume) for the audit chain.
+    FleetEvent {
+        kind: String,
+        epoch: Option<u64>,
+        data: serde_json::Value,
+    },
 }
 
 impl Request {
@@ -127,6 +150,7 @@ impl Request {
                 | Request::Approvals
                 | Request::Runs { .. }
                 | Request::RunShow { .. }
+                | Request::FleetBeat
         )
     }
 
@@ -156,6 +180,10 @@ impl Request {
             Request::Runs { .. } => "runs",
             Request::RunShow { .. } => "run-show",
             Request::Reload => "reload",
+            Request::FleetHello { .. } => "fleet-hello",
+            Request::FleetBeat => "fleet-beat",
+            Request::FleetHalt { .. } => "fleet-halt",
+            Request::FleetEvent { .. } => "fleet-event",
         }
     }
 }
@@ -235,6 +263,18 @@ mod tests {
                 offset: Some(3),
             },
             Request::Halt { reason: "x".into() },
+            Request::FleetHello { node: "n1".into() },
+            Request::FleetBeat,
+            Request::FleetHalt {
+                trigger: "fleet".into(),
+                epoch: Some(3),
+                reason: "r".into(),
+            },
+            Request::FleetEvent {
+                kind: "ack".into(),
+                epoch: None,
+                data: serde_json::json!({"took_ms": 4}),
+            },
         ] {
             let s = serde_json::to_string(&r).unwrap();
             assert_eq!(parse_request(&s).unwrap(), r);

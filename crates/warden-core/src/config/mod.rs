@@ -382,6 +382,12 @@ pub struct Config {
     /// the Nth `[[agent]]` table gets the Nth /30 of it.
     #[serde(default)]
     pub isolated_subnet: net::Subnet,
+    /// The `[fleet]` table, kept opaque: `warden fleet` (the unprivileged
+    /// etcd bridge) reads it with its own strict struct. The daemon only
+    /// needs to know it is there: then the fleet process's liveness is a
+    /// health check, and its silence halts the agents.
+    #[serde(default)]
+    pub fleet: Option<toml::Table>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
 }
