@@ -13,7 +13,8 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 out=$target/deb
 stage=$out/stage
 
-version=$(sed -n '/^\[package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' Cargo.toml | head -n1)
+# The workspace's version (root Cargo.toml, [workspace.package]).
+version=$(sed -n '/^\[workspace\.package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' Cargo.toml | head -n1)
 [ -n "$version" ] || { echo "build-deb: no version in Cargo.toml" >&2; exit 1; }
 arch=$(dpkg --print-architecture)
 

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod agents;
+mod arm;
 pub mod audit;
 mod authorize;
 mod broker;
@@ -28,7 +29,6 @@ mod logs;
 mod output;
 mod resume;
 mod status;
-mod twophase;
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -85,13 +85,13 @@ pub enum Verb {
     /// Stop, then start an agent.
     Restart(lifecycle::Args),
     /// Two-phase kill, phase one: authorise a kill of AGENT or --all, in levels.
-    Arm(twophase::ArmArgs),
+    Arm(arm::ArmArgs),
     /// Two-phase kill, phase two: run an armed authorization, once.
-    Execute(twophase::IdArgs),
+    Execute(arm::IdArgs),
     /// Cancel an armed kill authorization.
-    Disarm(twophase::IdArgs),
+    Disarm(arm::IdArgs),
     /// List kill authorizations.
-    Authorizations(twophase::ListArgs),
+    Authorizations(arm::ListArgs),
     /// Agents' credentials: issue (secret shown once), list, revoke, verify.
     #[command(subcommand)]
     Cred(cred::CredCommand),
@@ -167,10 +167,10 @@ pub fn main() -> i32 {
         Verb::Restart(a) => lifecycle::run(&socket, "restart", a),
         Verb::Checkin(a) => lifecycle::checkin(&socket, a),
         Verb::Cred(c) => cred::run(&socket, c),
-        Verb::Arm(a) => twophase::arm(&socket, a),
-        Verb::Execute(a) => twophase::execute(&socket, a),
-        Verb::Disarm(a) => twophase::disarm(&socket, a),
-        Verb::Authorizations(a) => twophase::list(&socket, a),
+        Verb::Arm(a) => arm::arm(&socket, a),
+        Verb::Execute(a) => arm::execute(&socket, a),
+        Verb::Disarm(a) => arm::disarm(&socket, a),
+        Verb::Authorizations(a) => arm::list(&socket, a),
         Verb::Approvals(a) => broker::approvals(&socket, a),
         Verb::Approve(a) => broker::approve(&socket, a),
         Verb::Reject(a) => broker::reject(&socket, a),

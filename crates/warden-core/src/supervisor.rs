@@ -104,8 +104,8 @@ pub enum Event {
     Empty,
     /// A hard halt took the agent down.
     Halted,
-    /// SAFE MODE was cleared.
-    Resume,
+    /// SAFE MODE was cleared; agents with `autostart` start again.
+    Resume { autostart: bool },
 }
 
 /// What the daemon must do after a transition.
@@ -174,6 +174,7 @@ impl Agent {
     }
 
     /// Applies `ev` at time `now`; returns the actions to carry out.
+    #[must_use = "the actions are what the daemon must carry out"]
     pub fn handle(&mut self, ev: Event, now: Instant) -> Vec<Action> {
         use Action::*;
         use State::*;
@@ -205,7 +206,8 @@ impl Agent {
                 },
                 vec![Note(format!("start failed: {reason}"))],
             ),
-            (Halted, Event::Resume) => (Stopped, vec![Spawn]),
+            (Halted, Event::Resume { autostart: true }) => (Stopped, vec![Spawn]),
+            (Halted, Event::Resume { autostart: false }) => (Stopped, vec![]),
 
             // Running.
             (Running { since, .. }, Event::Exited { status }) => {
@@ -382,7 +384,7 @@ mod tests {
             // Too early: nothing happens.
             assert_eq!(a.handle(Event::Tick, now), vec![Action::WakeAt(until)]);
             assert_eq!(a.handle(Event::Tick, until), vec![Action::Spawn]);
-            a.handle(Event::Spawned { pid: 11 + i }, until);
+            let _ = a.handle(Event::Spawned { pid: 11 + i }, until);
             now = until;
         }
         assert_eq!(
@@ -408,7 +410,7 @@ mod tests {
         let mut a = Agent::new(policy(RestartPolicy::OnFailure));
         let t = Instant::now();
         run(&mut a, t, 5);
-        a.handle(
+        let _ = a.handle(
             Event::Exited {
                 status: ExitStatus::Code(0),
             },
@@ -439,7 +441,7 @@ mod tests {
         run(&mut a, now, 1);
         for i in 0..4 {
             now += Duration::from_millis(50);
-            a.handle(
+            let _ = a.handle(
                 Event::Exited {
                     status: ExitStatus::Code(0),
                 },
@@ -449,8 +451,8 @@ mod tests {
                 let State::Backoff { until } = a.state else {
                     panic!("{:?}", a.state)
                 };
-                a.handle(Event::Tick, until);
-                a.handle(Event::Spawned { pid: 2 + i }, until);
+                let _ = a.handle(Event::Tick, until);
+                let _ = a.handle(Event::Spawned { pid: 2 + i }, until);
                 now = until;
             }
         }
@@ -469,7 +471,7 @@ mod tests {
         run(&mut a, now, 1);
         for i in 0..10 {
             now += Duration::from_secs(11);
-            a.handle(
+            let _ = a.handle(
                 Event::Exited {
                     status: ExitStatus::Code(1),
                 },
@@ -478,8 +480,8 @@ mod tests {
             let State::Backoff { until } = a.state else {
                 panic!("iteration {i}: {:?}", a.state)
             };
-            a.handle(Event::Tick, until);
-            a.handle(Event::Spawned { pid: 2 + i }, until);
+            let _ = a.handle(Event::Tick, until);
+            let _ = a.handle(Event::Spawned { pid: 2 + i }, until);
         }
     }
 
@@ -491,7 +493,7 @@ mod tests {
         let acts = a.handle(Event::Stop, t);
         assert_eq!(acts[0], Action::Term);
         assert!(a.handle(Event::Tick, t + Duration::from_secs(1)).is_empty());
-        a.handle(
+        let _ = a.handle(
             Event::Exited {
                 status: ExitStatus::Signal(15),
             },
@@ -512,7 +514,7 @@ mod tests {
         let mut a = Agent::new(policy(RestartPolicy::Never));
         let t = Instant::now();
         run(&mut a, t, 7);
-        a.handle(Event::Restart, t);
+        let _ = a.handle(Event::Restart, t);
         assert_eq!(a.handle(Event::Empty, t), vec![Action::Spawn]);
     }
 
@@ -521,24 +523,27 @@ mod tests {
         let mut a = Agent::new(policy(RestartPolicy::Never));
         let t = Instant::now();
         run(&mut a, t, 7);
-        a.handle(Event::Halted, t);
+        let _ = a.handle(Event::Halted, t);
         assert_eq!(a.state, State::Halted);
         // A late exit report does not resurrect it.
-        a.handle(
+        let _ = a.handle(
             Event::Exited {
                 status: ExitStatus::Signal(9),
             },
             t,
         );
         assert_eq!(a.state, State::Halted);
-        assert_eq!(a.handle(Event::Resume, t), vec![Action::Spawn]);
+        assert_eq!(
+            a.handle(Event::Resume { autostart: true }, t),
+            vec![Action::Spawn]
+        );
     }
 
     #[test]
     fn spawn_failure_is_failed_with_reason() {
         let mut a = Agent::new(policy(RestartPolicy::Always));
-        a.handle(Event::Start, Instant::now());
-        a.handle(
+        let _ = a.handle(Event::Start, Instant::now());
+        let _ = a.handle(
             Event::SpawnFailed {
                 reason: "no such user".into(),
             },

@@ -443,6 +443,7 @@ pub fn sample_host(paths: &[&std::path::Path]) -> HostSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_core::config::Dur;
 
     fn t() -> Thresholds {
         Thresholds {

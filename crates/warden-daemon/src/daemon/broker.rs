@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ev, Daemon, DaemonError, Mode};
+use super::{audit_event, Daemon, DaemonError, Mode};
 use crate::broker::{
     self, decide, ApprovalStore, Decision, DenyCode, Proposal, Registry, RequestState, RunStore,
     StopReason,
@@ -204,8 +204,8 @@ impl Daemon {
         if s.frozen {
             return Some("agent is frozen".into());
         }
-        if !matches!(s.sm.state, State::Running { .. }) {
-            return Some(format!("agent is {}", s.sm.state.name()));
+        if !matches!(s.machine.state, State::Running { .. }) {
+            return Some(format!("agent is {}", s.machine.state.name()));
         }
         None
     }
@@ -264,7 +264,7 @@ impl Daemon {
             }
             Decision::Deny { code, reason } => (code.as_str(), Some(reason.clone()), None),
         };
-        if let Err(e) = self.audit.record(ev(
+        if let Err(e) = self.audit.record(audit_event(
             "tool_decision",
             Some(agent),
             None,
@@ -389,7 +389,7 @@ impl Daemon {
         let call = self.broker.next_call;
         self.broker.next_call += 1;
         tracing::info!(agent, tool, pid = st.pid, "tool started");
-        let _ = self.audit.record(ev(
+        let _ = self.audit.record(audit_event(
             "tool_start",
             Some(agent),
             None,
@@ -425,7 +425,7 @@ impl Daemon {
         reply: oneshot::Sender<AgentResponse>,
     ) {
         tracing::error!(agent, tool, "cannot start tool: {err}");
-        let _ = self.audit.record(ev(
+        let _ = self.audit.record(audit_event(
             "tool_result",
             Some(agent),
             None,
@@ -473,10 +473,12 @@ impl Daemon {
             "run_id": r.run.as_ref().map(|x| &x.0), "seq": r.run.as_ref().map(|x| x.1),
         });
         tracing::info!(agent = r.agent, tool = r.tool, "tool ended: {data}");
-        if let Err(e) = self
-            .audit
-            .record(ev("tool_result", Some(&r.agent), None, data.clone()))
-        {
+        if let Err(e) = self.audit.record(audit_event(
+            "tool_result",
+            Some(&r.agent),
+            None,
+            data.clone(),
+        )) {
             self.audit_failed(&e.to_string());
         }
         let mut answer = data;
@@ -499,7 +501,7 @@ impl Daemon {
         {
             Ok(id) => {
                 let limits = self.broker.runs.show(&id).map(|r| r.limits);
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "run_start",
                     Some(agent),
                     None,
@@ -568,7 +570,7 @@ impl Daemon {
             .end(run_id, reason, detail.clone(), broker::now_ms())
             .map_err(|e| e.to_string())?;
         let r = self.broker.runs.show(run_id);
-        let _ = self.audit.record(ev(
+        let _ = self.audit.record(audit_event(
             "run_end",
             r.map(|r| r.agent.as_str()),
             None,
@@ -638,7 +640,7 @@ impl Daemon {
                 Ok(ids) => {
                     for id in ids {
                         let agent = self.broker.approvals.get(&id).map(|r| r.agent.clone());
-                        let _ = self.audit.record(ev(
+                        let _ = self.audit.record(audit_event(
                             "approval_expired",
                             agent.as_deref(),
                             None,
@@ -705,7 +707,7 @@ impl Daemon {
         {
             Ok(token) => {
                 let c = &token.claims;
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "approval_granted",
                     Some(&c.agent),
                     Some(uid),
@@ -729,7 +731,7 @@ impl Daemon {
             .reject(id, reason, uid, broker::now_ms())
         {
             Ok(()) => {
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "approval_rejected",
                     agent.as_deref(),
                     Some(uid),
@@ -795,14 +797,14 @@ impl Daemon {
                     "sha256": sha, "tools": after, "added": added, "removed": removed});
                 let _ = self
                     .audit
-                    .record(ev("tools_reloaded", None, uid, data.clone()));
+                    .record(audit_event("tools_reloaded", None, uid, data.clone()));
                 tracing::info!("tool registry reloaded from {}", path.display());
                 self.broker.registry = Some(reg);
                 self.broker.registry_sha256 = Some(sha);
                 Response::ok(data)
             }
             Err(e) => {
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "tools_reload_refused",
                     None,
                     uid,

@@ -4,11 +4,11 @@
 //! The instant stop (stop file, `warden halt`) does not go through here.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
-use super::{ev, Daemon};
+use super::{audit_event, Daemon};
 use crate::killswitch::levels::{Actuator, LevelRange, Plan};
 use crate::killswitch::twophase::Target;
 use warden_core::evidence::{self, AgentEvidence, Evidence};
@@ -58,7 +58,7 @@ impl Daemon {
             .arm(target, levels, reason, uid, evidence::now_ms(), ttl)
         {
             Ok(a) => {
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "kill_armed",
                     None,
                     Some(uid),
@@ -74,7 +74,7 @@ impl Daemon {
         let auth = match self.twophase.execute(id, uid, evidence::now_ms()) {
             Ok(a) => a,
             Err(e) => {
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "kill_refused",
                     None,
                     Some(uid),
@@ -93,7 +93,7 @@ impl Daemon {
             },
             &mut clock,
         );
-        let _ = self.audit.record(ev(
+        let _ = self.audit.record(audit_event(
             "kill_executed",
             None,
             Some(uid),
@@ -107,7 +107,7 @@ impl Daemon {
     pub(super) fn disarm(&mut self, id: &str, uid: u32) -> Response {
         match self.twophase.disarm(id, uid, evidence::now_ms()) {
             Ok(a) => {
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "kill_disarmed",
                     None,
                     Some(uid),
@@ -277,10 +277,9 @@ impl Actuator for Levels<'_> {
             };
             killed += report.processes;
             survivors.extend(report.survivors.iter().copied());
-            let s = self.d.slots.get_mut(&name).expect("slot");
             // Down until an operator starts it again; not restarted.
-            s.sm.handle(Event::Halted, Instant::now());
-            s.frozen = false;
+            self.d.dispatch(&name, Event::Halted);
+            self.d.slots.get_mut(&name).expect("slot").frozen = false;
         }
         if survivors.is_empty() {
             Ok(format!("{killed} processes killed; cgroups verified empty"))
@@ -399,7 +398,7 @@ impl Daemon {
         let dir = self.cfg.credentials_dir.join(agent);
         let delivered = prepare_cred_dir(&dir, id.uid, id.gid)
             .and_then(|_| materialize(&dir, id.uid, id.gid, &[(&info, &secret)]));
-        let _ = self.audit.record(ev(
+        let _ = self.audit.record(audit_event(
             "credential_issued",
             Some(agent),
             Some(uid),
@@ -455,7 +454,7 @@ impl Daemon {
                     let _ =
                         std::fs::remove_file(self.cfg.credentials_dir.join(&i.agent).join(&i.name));
                 }
-                let _ = self.audit.record(ev(
+                let _ = self.audit.record(audit_event(
                     "credential_revoked",
                     None,
                     Some(uid),
