@@ -21,6 +21,7 @@ mod check_config;
 mod cred;
 mod daemon;
 mod demo;
+mod fleet;
 pub mod demo_config;
 mod halt;
 pub mod key;
@@ -120,6 +121,9 @@ pub enum Verb {
     /// Case packs: export a halt's evidence and audit slice, verify anywhere.
     #[command(subcommand)]
     Casepack(casepack::CasepackCommand),
+    /// The fleet: halt every host through etcd, status, resume (crates/warden-fleet).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// warden's signing key.
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -185,5 +189,6 @@ pub fn main() -> i32 {
         Verb::AuthorizeResume(a) => authorize::run(a),
         Verb::Keygen(a) => authorize::keygen(a),
         Verb::Guard(a) => daemon::guard(a),
+        Verb::Fleet(c) => fleet::run(cli.socket.as_deref(), c),
     }
 }

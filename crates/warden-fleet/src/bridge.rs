@@ -337,6 +337,13 @@ async fn session(sh: &Arc<Shared>) -> Result<(), Error> {
         for kv in snap.kvs() {
             handle(sh, &mut c, kv, missed, sync_rev).await?;
         }
+        // From now on a restart replays from here.
+        let mut cur = sh.cursor.lock().unwrap();
+        if sync_rev > cur.revision {
+            cur.revision = sync_rev;
+            cur.store(&sh.cursor_path)?;
+        }
+        drop(cur);
         sync_rev + 1
     };
     let mut watch = within(

@@ -20,6 +20,9 @@ pub(super) fn file_len(p: &Path) -> u64 {
 
 impl Daemon {
     pub(super) fn command(&mut self, c: Command, now: Instant) {
+        let Some(c) = self.fleet_command(c, now) else {
+            return;
+        };
         let req_name = c.request.name();
         let mut data = serde_json::to_value(&c.request).unwrap_or_default();
         // A token being checked is a secret: never into the audit log.
@@ -118,7 +121,22 @@ impl Daemon {
             Request::Resume {
                 reason,
                 authorization,
-            } => self.resume(&reason, authorization, uid),
+            } => {
+                if let Err(r) = self.fleet_may_resume(now) {
+                    return r;
+                }
+                self.resume(&reason, authorization, uid)
+            }
+            Request::FleetHello { node } => self.fleet_hello(node, now),
+            Request::FleetHalt {
+                trigger,
+                epoch,
+                reason,
+            } => self.fleet_halt(&trigger, epoch, &reason, uid, now),
+            // Answered before the command audit (Daemon::fleet_command).
+            Request::FleetBeat | Request::FleetEvent { .. } => {
+                Response::err(ErrorKind::Failed, "fleet verb out of place")
+            }
         }
     }
 

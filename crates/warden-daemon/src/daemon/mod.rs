@@ -34,6 +34,7 @@ mod agents;
 mod broker;
 mod commands;
 mod event_loop;
+mod fleet;
 mod halting;
 mod kills;
 mod mode;
@@ -168,6 +169,8 @@ pub struct Daemon {
     creds: crate::killswitch::credentials::CredentialStore,
     /// Tool registry, approvals, runs and the tools running now.
     broker: broker::Broker,
+    /// The fleet bridge (`warden fleet`): its node and liveness.
+    fleet: fleet::FleetLink,
 }
 
 impl Daemon {

@@ -51,6 +51,7 @@ impl Daemon {
         }
         // Parked approval waits every turn; request expiry with the monitors.
         self.broker_tick(now, monitor_due);
+        self.fleet_tick(now);
         if now >= self.pinger.next() {
             let health = self.health();
             self.pinger.tick(health, now);

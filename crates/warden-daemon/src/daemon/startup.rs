@@ -214,6 +214,7 @@ impl Daemon {
             .map_err(|e| store_err(ks_creds.clone())(e.to_string()))?;
         let broker = broker::Broker::open(&cfg, &key)?;
         let mut d = Daemon {
+            fleet: fleet::FleetLink::new(&cfg),
             broker,
             twophase,
             creds,

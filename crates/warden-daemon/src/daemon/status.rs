@@ -91,6 +91,7 @@ impl Daemon {
                 "pings": self.pinger.hardware.as_ref().map(|h| h.pings),
             },
             "last_halt": self.last_halt,
+            "fleet": self.fleet.status_json(std::time::Instant::now()),
         })
     }
 }
