@@ -50,7 +50,11 @@ fn last_empty(c: &Cluster) -> u64 {
     let mut at = vec![None; c.nodes.len()];
     let deadline = Instant::now() + Duration::from_secs(30);
     while at.iter().any(Option::is_none) {
-        assert!(Instant::now() < deadline, "a node did not halt\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline,
+            "a node did not halt\n{}",
+            c.logs()
+        );
         for (i, n) in c.nodes.iter().enumerate() {
             if at[i].is_none() && !n.populated() {
                 at[i] = Some((now_ms(), Instant::now()));
@@ -131,10 +135,14 @@ fn run_one(nodes: usize, delay_ms: u64, reps: usize) -> Row {
         }
         row.local.push(t0.elapsed().as_secs_f64() * 1000.0);
         std::fs::remove_file(&stop).unwrap();
-        c.wait("n1 in SAFE MODE", Duration::from_secs(10), || n1.state() == "safe_mode");
+        c.wait("n1 in SAFE MODE", Duration::from_secs(10), || {
+            n1.state() == "safe_mode"
+        });
         let (rc, o, e) = n1.env.cli(&["resume", "--reason", "bench"]);
         assert_eq!(rc, 0, "{o}{e}");
-        c.wait("every node running", Duration::from_secs(30), || running(&c));
+        c.wait("every node running", Duration::from_secs(30), || {
+            running(&c)
+        });
 
         // Fleet.
         let t0 = Instant::now();
@@ -162,7 +170,9 @@ fn run_one(nodes: usize, delay_ms: u64, reps: usize) -> Row {
             let (rc, o, e) = n.fleet_cli(&["resume", "--epoch", &epoch, "--reason", "bench"]);
             assert_eq!(rc, 0, "{}: {o}{e}", n.name);
         }
-        c.wait("every node running", Duration::from_secs(30), || running(&c));
+        c.wait("every node running", Duration::from_secs(30), || {
+            running(&c)
+        });
     }
     row
 }
@@ -200,7 +210,11 @@ fn main() {
         let lmax = r.local.iter().cloned().fold(0.0, f64::max);
         let fmax = r.fleet.iter().cloned().fold(0.0, f64::max);
         let cmax = r.command.iter().cloned().fold(0.0, f64::max);
-        let (l, f, cm) = (median(&mut r.local), median(&mut r.fleet), median(&mut r.command));
+        let (l, f, cm) = (
+            median(&mut r.local),
+            median(&mut r.fleet),
+            median(&mut r.command),
+        );
         let target = l + r.rtt_ms + 50.0;
         let _ = writeln!(
             md,

@@ -47,45 +47,69 @@ fn fleet_halt_reaches_every_node_nodes_limits_it_and_resume_is_per_host() {
     let (rc, out, err) = c.admin(&["halt", "--reason", "drill: all hosts"]);
     assert_eq!(rc, 0, "{out}{err}");
     assert!(out.contains("epoch 1"), "{out}");
-    c.wait("every node halted and acked", Duration::from_secs(10), || {
-        let st = c.status_json();
-        ["n1", "n2", "n3"]
-            .iter()
-            .all(|n| halted(&c, n) && ack(&st, n)["epoch"] == 1)
-    });
+    c.wait(
+        "every node halted and acked",
+        Duration::from_secs(10),
+        || {
+            let st = c.status_json();
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|n| halted(&c, n) && ack(&st, n)["epoch"] == 1)
+        },
+    );
     for n in &c.nodes {
         n.env.assert_nothing_left();
         let kinds = n.audit_kinds();
-        assert!(kinds.iter().any(|k| k == "fleet_halt"), "{}: {kinds:?}", n.name);
+        assert!(
+            kinds.iter().any(|k| k == "fleet_halt"),
+            "{}: {kinds:?}",
+            n.name
+        );
         let last = n.env.status()["last_halt"].clone();
         assert_eq!(last["trigger"], "fleet", "{last}");
-        assert!(last["reason"].as_str().unwrap().contains("epoch 1"), "{last}");
+        assert!(
+            last["reason"].as_str().unwrap().contains("epoch 1"),
+            "{last}"
+        );
     }
     let st = c.status_json();
     assert_eq!(st["halt"]["epoch"], 1, "{st}");
     assert_eq!(st["not_acked"], serde_json::json!([]), "{st}");
     let (rc, out, _) = c.admin(&["status"]);
     assert_eq!(rc, 0);
-    assert!(out.contains("FLEET HALT epoch 1") && out.contains("acked"), "{out}");
+    assert!(
+        out.contains("FLEET HALT epoch 1") && out.contains("acked"),
+        "{out}"
+    );
 
     // Resume is per host: the wrong epoch is refused; n1 resumes, the
     // others stay halted; every node audits the resume.
-    let (rc, _, err) = c.node("n1").fleet_cli(&["resume", "--epoch", "7", "--reason", "x"]);
+    let (rc, _, err) = c
+        .node("n1")
+        .fleet_cli(&["resume", "--epoch", "7", "--reason", "x"]);
     assert_ne!(rc, 0);
     assert!(err.contains("epoch 1, not 7"), "{err}");
-    let (rc, out, err) = c.node("n1").fleet_cli(&["resume", "--epoch", "1", "--reason", "drill over on n1"]);
+    let (rc, out, err) =
+        c.node("n1")
+            .fleet_cli(&["resume", "--epoch", "1", "--reason", "drill over on n1"]);
     assert_eq!(rc, 0, "{out}{err}");
     c.wait("n1 running", Duration::from_secs(10), || running(&c, "n1"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(halted(&c, "n2") && halted(&c, "n3"), "{}", c.logs());
-    c.wait("every node audited the resume", Duration::from_secs(5), || {
-        c.nodes
-            .iter()
-            .all(|n| n.audit_kinds().iter().any(|k| k == "fleet_resume"))
-    });
+    c.wait(
+        "every node audited the resume",
+        Duration::from_secs(5),
+        || {
+            c.nodes
+                .iter()
+                .all(|n| n.audit_kinds().iter().any(|k| k == "fleet_resume"))
+        },
+    );
     assert!(c.status_json()["halt"].is_null());
     for n in ["n2", "n3"] {
-        let (rc, out, err) = c.node(n).fleet_cli(&["resume", "--epoch", "1", "--reason", "drill over"]);
+        let (rc, out, err) =
+            c.node(n)
+                .fleet_cli(&["resume", "--epoch", "1", "--reason", "drill over"]);
         assert_eq!(rc, 0, "{out}{err}");
         assert!(out.contains("already cleared"), "{out}");
     }
@@ -108,7 +132,10 @@ fn fleet_halt_reaches_every_node_nodes_limits_it_and_resume_is_per_host() {
     assert!(ack(&st, "n1").is_null() && ack(&st, "n3").is_null(), "{st}");
     for n in ["n1", "n3"] {
         assert!(
-            c.node(n).audit_kinds().iter().any(|k| k == "fleet_halt_not_targeted"),
+            c.node(n)
+                .audit_kinds()
+                .iter()
+                .any(|k| k == "fleet_halt_not_targeted"),
             "{n}"
         );
     }
@@ -148,7 +175,11 @@ fn halt_with_link_delay_lands_within_100ms_plus_one_rtt() {
         .unwrap();
     let budget = 100 + rtt.as_millis() as u64;
     eprintln!("fleet halt with {delay:?} each way: last node empty {worst} ms after issue (rtt {rtt:?}, budget {budget} ms)");
-    assert!(worst <= budget, "last node empty after {worst} ms > {budget} ms\n{}", c.logs());
+    assert!(
+        worst <= budget,
+        "last node empty after {worst} ms > {budget} ms\n{}",
+        c.logs()
+    );
 }
 
 fn now_ms() -> u64 {
@@ -167,7 +198,8 @@ fn veth_rtt(c: &Cluster) -> Duration {
         (0..5)
             .map(|_| {
                 let t = Instant::now();
-                let s = std::net::TcpStream::connect(("10.250.1.1", fleet_common::ETCD_PORT)).unwrap();
+                let s =
+                    std::net::TcpStream::connect(("10.250.1.1", fleet_common::ETCD_PORT)).unwrap();
                 let d = t.elapsed();
                 drop(s);
                 d
@@ -187,7 +219,9 @@ fn a_cut_off_node_halts_itself_and_records_the_epoch_it_missed() {
     let n3 = c.node("n3");
     let t0 = Instant::now();
     n3.link(false);
-    c.wait("n3 halted by itself", ttl + Duration::from_secs(1), || halted(&c, "n3"));
+    c.wait("n3 halted by itself", ttl + Duration::from_secs(1), || {
+        halted(&c, "n3")
+    });
     let took = t0.elapsed();
     eprintln!("cut-off node halted {took:?} after the cut (lease_ttl {ttl:?})");
     assert_eq!(n3.env.status()["last_halt"]["trigger"], "fleet_partition");
@@ -196,7 +230,13 @@ fn a_cut_off_node_halts_itself_and_records_the_epoch_it_missed() {
     assert!(running(&c, "n1") && running(&c, "n2"), "{}", c.logs());
     let st = c.status_json();
     let alive = |n: &str| {
-        st["nodes"].as_array().unwrap().iter().find(|r| r["node"] == n).unwrap()["alive"] == true
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == n)
+            .unwrap()["alive"]
+            == true
     };
     // etcd expires n3's lease (TTL 2 s, granularity ~1 s).
     assert!(alive("n1") && alive("n2"), "{st}");
@@ -218,7 +258,11 @@ fn a_cut_off_node_halts_itself_and_records_the_epoch_it_missed() {
         ack(&c.status_json(), "n3")["missed"] == true
     });
     let kinds = n3.audit_kinds();
-    for k in ["fleet_partition", "fleet_partition_end", "fleet_halt_missed"] {
+    for k in [
+        "fleet_partition",
+        "fleet_partition_end",
+        "fleet_halt_missed",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "{k} not in {kinds:?}");
     }
     assert!(halted(&c, "n3"));
@@ -231,11 +275,18 @@ fn losing_the_bridge_or_etcd_halts_the_node() {
     // SIGKILL of n2's bridge: the daemon misses its beats and halts.
     let t0 = Instant::now();
     let pid = c.nodes[1].fleet.pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     c.nodes[1].fleet.kill();
     c.wait("n2 halted", Duration::from_secs(4), || halted(&c, "n2"));
     eprintln!("bridge killed: node halted after {:?}", t0.elapsed());
-    assert_eq!(c.node("n2").env.status()["last_halt"]["trigger"], "fleet_lost");
+    assert_eq!(
+        c.node("n2").env.status()["last_halt"]["trigger"],
+        "fleet_lost"
+    );
     assert!(running(&c, "n1") && running(&c, "n3"), "{}", c.logs());
     // Resume is refused while the bridge is gone.
     let (rc, _, err) = c.node("n2").env.cli(&["resume", "--reason", "x"]);
@@ -251,6 +302,9 @@ fn losing_the_bridge_or_etcd_halts_the_node() {
     });
     eprintln!("etcd stopped: every node halted after {:?}", t0.elapsed());
     for n in ["n1", "n3"] {
-        assert_eq!(c.node(n).env.status()["last_halt"]["trigger"], "fleet_partition");
+        assert_eq!(
+            c.node(n).env.status()["last_halt"]["trigger"],
+            "fleet_partition"
+        );
     }
 }

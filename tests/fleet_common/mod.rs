@@ -114,25 +114,64 @@ impl Certs {
         let p = |n: &str| dir.join(n);
         let ossl = |args: &[&str]| run(Command::new("openssl").args(args).stderr(Stdio::piped()));
         let s = |p: &Path| p.to_string_lossy().into_owned();
-        let key = |k: &Path| ossl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &s(k)]);
+        let key = |k: &Path| {
+            ossl(&[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &s(k),
+            ])
+        };
         key(&p("ca.key"));
         ossl(&[
-            "req", "-x509", "-new", "-key", &s(&p("ca.key")), "-subj", "/CN=warden-test-ca",
-            "-days", "2", "-out", &s(&p("ca.pem")),
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &s(&p("ca.key")),
+            "-subj",
+            "/CN=warden-test-ca",
+            "-days",
+            "2",
+            "-out",
+            &s(&p("ca.pem")),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ]);
         let leaf = |name: &str, cn: &str, ext: String| {
             key(&p(&format!("{name}.key")));
             ossl(&[
-                "req", "-new", "-key", &s(&p(&format!("{name}.key"))), "-subj", &format!("/CN={cn}"),
-                "-out", &s(&p(&format!("{name}.csr"))),
+                "req",
+                "-new",
+                "-key",
+                &s(&p(&format!("{name}.key"))),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-out",
+                &s(&p(&format!("{name}.csr"))),
             ]);
             std::fs::write(p(&format!("{name}.ext")), ext).unwrap();
             ossl(&[
-                "x509", "-req", "-in", &s(&p(&format!("{name}.csr"))), "-CA", &s(&p("ca.pem")),
-                "-CAkey", &s(&p("ca.key")), "-CAcreateserial", "-days", "2",
-                "-extfile", &s(&p(&format!("{name}.ext"))), "-out", &s(&p(&format!("{name}.pem"))),
+                "x509",
+                "-req",
+                "-in",
+                &s(&p(&format!("{name}.csr"))),
+                "-CA",
+                &s(&p("ca.pem")),
+                "-CAkey",
+                &s(&p("ca.key")),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &s(&p(&format!("{name}.ext"))),
+                "-out",
+                &s(&p(&format!("{name}.pem"))),
             ]);
         };
         let sans: Vec<String> = ips.iter().map(|i| format!("IP:{i}")).collect();
@@ -223,7 +262,8 @@ fn pipe(
     stop: Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-    from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    from.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let st = stop.clone();
     let r = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
@@ -348,12 +388,12 @@ impl Node {
     /// Audit events of one kind, newest last (`warden audit` reads the database).
     pub fn audit_kinds(&self) -> Vec<String> {
         let db = self.env.path("state/warden.db");
-        let c = rusqlite::Connection::open_with_flags(
-            &db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        let mut st = c.prepare("SELECT kind FROM audit_log ORDER BY seq").unwrap();
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let mut st = c
+            .prepare("SELECT kind FROM audit_log ORDER BY seq")
+            .unwrap();
         let kinds = st
             .query_map([], |r| r.get::<_, String>(0))
             .unwrap()
@@ -362,7 +402,14 @@ impl Node {
         kinds
     }
     pub fn link(&self, up: bool) {
-        ip(&["-n", &self.ns.name, "link", "set", "eth0", if up { "up" } else { "down" }]);
+        ip(&[
+            "-n",
+            &self.ns.name,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
     }
 }
 
@@ -426,10 +473,29 @@ impl Cluster {
         for i in 1..=o.nodes {
             let ns = Netns::new(format!("{tag}-n{i}"));
             let e = format!("eth{i}");
-            ip(&["-n", &ens.name, "link", "add", &e, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
-            ip(&["-n", &ens.name, "addr", "add", &format!("10.250.{i}.1/24"), "dev", &e]);
+            ip(&[
+                "-n", &ens.name, "link", "add", &e, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns.name,
+            ]);
+            ip(&[
+                "-n",
+                &ens.name,
+                "addr",
+                "add",
+                &format!("10.250.{i}.1/24"),
+                "dev",
+                &e,
+            ]);
             ip(&["-n", &ens.name, "link", "set", &e, "up"]);
-            ip(&["-n", &ns.name, "addr", "add", &format!("10.250.{i}.2/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("10.250.{i}.2/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
             nss.push(ns);
         }
@@ -490,7 +556,14 @@ impl Cluster {
         c
     }
 
-    fn add_node(&mut self, i: usize, ns: Netns, proxy: Option<DelayProxy>, endpoint: &str, o: &Options) {
+    fn add_node(
+        &mut self,
+        i: usize,
+        ns: Netns,
+        proxy: Option<DelayProxy>,
+        endpoint: &str,
+        o: &Options,
+    ) {
         let name = format!("n{i}");
         let agents = common::agent("work", common::workload::COOPERATIVE, o.procs, "");
         let q = |p: &Path| toml::Value::String(p.to_string_lossy().into()).to_string();
@@ -508,7 +581,11 @@ impl Cluster {
         let text = std::fs::read_to_string(&env.config).unwrap();
         // [fleet] before the [[agent]] tables.
         let at = text.find("[[agent]]").unwrap();
-        std::fs::write(&env.config, format!("{}{fleet}\n{}", &text[..at], &text[at..])).unwrap();
+        std::fs::write(
+            &env.config,
+            format!("{}{fleet}\n{}", &text[..at], &text[at..]),
+        )
+        .unwrap();
         start_daemon_in(&mut env, &ns);
         let fleet_log = env.path("fleet.stderr");
         let mut node = Node {
@@ -590,7 +667,11 @@ impl Cluster {
                 return;
             }
             assert!(self.etcd.alive(), "etcd exited:\n{}", self.etcd_log());
-            assert!(Instant::now() < deadline, "etcd did not come up:\n{}", self.etcd_log());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not come up:\n{}",
+                self.etcd_log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -602,25 +683,33 @@ impl Cluster {
     /// Waits until every node's bridge has published its state with its
     /// agents running.
     fn wait_members(&self, n: usize) {
-        self.wait("every node alive with agents running", Duration::from_secs(30), || {
-            let v = self.status_json();
-            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-            nodes.len() == n
-                && nodes.iter().all(|r| {
-                    r["alive"] == true
-                        && r["state"]["agents"]
-                            .as_array()
-                            .is_some_and(|a| !a.is_empty() && a.iter().all(|a| a["state"] == "running"))
-                })
-                && self.nodes.iter().all(|n| n.populated())
-        });
+        self.wait(
+            "every node alive with agents running",
+            Duration::from_secs(30),
+            || {
+                let v = self.status_json();
+                let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+                nodes.len() == n
+                    && nodes.iter().all(|r| {
+                        r["alive"] == true
+                            && r["state"]["agents"].as_array().is_some_and(|a| {
+                                !a.is_empty() && a.iter().all(|a| a["state"] == "running")
+                            })
+                    })
+                    && self.nodes.iter().all(|n| n.populated())
+            },
+        );
     }
 
     /// Polls `f` until it holds; on timeout, panics with every log.
     pub fn wait(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -671,7 +760,11 @@ pub fn start_daemon_in(env: &mut Env, ns: &Netns) {
         if let Some(st) = env.daemon.as_mut().unwrap().try_wait().unwrap() {
             panic!("daemon exited at start: {st}\n{}", env.stderr());
         }
-        assert!(Instant::now() < deadline, "daemon did not come up\n{}", env.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not come up\n{}",
+            env.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

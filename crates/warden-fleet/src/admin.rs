@@ -20,11 +20,18 @@ async fn client(s: &Settings) -> Result<Client, Error> {
 
 async fn get_one(c: &mut Client, key: &str) -> Result<Option<(Vec<u8>, i64)>, Error> {
     let r = within(T, "get", c.get(key, None)).await?;
-    Ok(r.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    Ok(r.kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
 }
 
 async fn get_prefix(c: &mut Client, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
-    let r = within(T, "get", c.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    let r = within(
+        T,
+        "get",
+        c.get(prefix, Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
     Ok(r.kvs()
         .iter()
         .map(|kv| {
@@ -69,9 +76,12 @@ pub async fn halt(
     for _ in 0..20 {
         let (epoch, rev) = match get_one(&mut c, &keys.epoch()).await? {
             Some((v, rev)) => (
-                String::from_utf8_lossy(&v).trim().parse::<u64>().map_err(|e| {
-                    Error::EtcdOther(format!("{}: not a number: {e}", keys.epoch()))
-                })?,
+                String::from_utf8_lossy(&v)
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| {
+                        Error::EtcdOther(format!("{}: not a number: {e}", keys.epoch()))
+                    })?,
                 rev,
             ),
             None => (0, 0),
@@ -95,7 +105,9 @@ pub async fn halt(
             return Ok(rec);
         }
     }
-    Err(Error::EtcdOther("could not take the next epoch (contention)".into()))
+    Err(Error::EtcdOther(
+        "could not take the next epoch (contention)".into(),
+    ))
 }
 
 /// One row of `warden fleet status`.
@@ -140,10 +152,14 @@ pub async fn status(s: &Settings) -> Result<FleetStatus, Error> {
             .unwrap_or(0),
     };
     let resumed: Option<ResumeRecord> = match get_one(&mut c, &keys.resume(epoch)).await? {
-        Some((v, _)) if halt.is_none() => Some(record::decode(&keys.resume(epoch), &v).map_err(bad)?),
+        Some((v, _)) if halt.is_none() => {
+            Some(record::decode(&keys.resume(epoch), &v).map_err(bad)?)
+        }
         _ => None,
     };
-    let record = halt.clone().or_else(|| resumed.as_ref().map(|r| r.halt.clone()));
+    let record = halt
+        .clone()
+        .or_else(|| resumed.as_ref().map(|r| r.halt.clone()));
     let mut rows: BTreeMap<String, NodeRow> = BTreeMap::new();
     let row = |node: &str| NodeRow {
         node: node.into(),
@@ -251,9 +267,9 @@ pub async fn resume(
             TxnOp::put(keys.resume(epoch), record::encode(&r), None),
         ]);
     if !within(T, "txn", c.txn(txn)).await?.succeeded() {
-        return Err(Error::Refused(format!(
-            "this host resumed, but the fleet record changed meanwhile (a new halt?): run `warden fleet status`"
-        )));
+        return Err(Error::Refused(
+            "this host resumed, but the fleet record changed meanwhile (a new halt?): run `warden fleet status`".into(),
+        ));
     }
     Ok((Some(r), local))
 }

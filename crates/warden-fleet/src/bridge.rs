@@ -146,12 +146,8 @@ fn on_partition(p: OnPartition) -> &'static str {
 
 /// Runs the bridge until the process is killed.
 pub fn run(s: Settings) -> Result<(), Error> {
-    std::fs::create_dir_all(&s.fleet.state_dir).map_err(|e| {
-        Error::EtcdOther(format!(
-            "state dir {}: {e}",
-            s.fleet.state_dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&s.fleet.state_dir)
+        .map_err(|e| Error::EtcdOther(format!("state dir {}: {e}", s.fleet.state_dir.display())))?;
     let cursor_path = Cursor::path(&s.fleet.state_dir, &s.node);
     let cursor = Cursor::load(&cursor_path)?;
     let sh = Arc::new(Shared {
@@ -351,11 +347,7 @@ async fn session(sh: &Arc<Shared>) -> Result<(), Error> {
         "watch",
         c.watch(
             sh.keys.fleet(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(start),
-            ),
+            Some(WatchOptions::new().with_prefix().with_start_revision(start)),
         ),
     )
     .await?;
@@ -519,7 +511,10 @@ async fn halt(sh: &Shared, c: &mut Client, rec: &HaltRecord, missed: bool) -> Re
         return Ok(());
     }
     let t0 = Instant::now();
-    let reason = format!("fleet halt epoch {} by {}: {}", rec.epoch, rec.who, rec.reason);
+    let reason = format!(
+        "fleet halt epoch {} by {}: {}",
+        rec.epoch, rec.who, rec.reason
+    );
     let r = daemon::call(
         &sh.s.socket,
         &Request::FleetHalt {

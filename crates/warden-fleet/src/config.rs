@@ -145,7 +145,9 @@ impl Settings {
             }
         }
         if fleet.lease_ttl < Duration::from_secs(1) {
-            return Err(invalid("lease_ttl: at least 1s (etcd leases count seconds)".into()));
+            return Err(invalid(
+                "lease_ttl: at least 1s (etcd leases count seconds)".into(),
+            ));
         }
         if !fleet.prefix.starts_with('/') || fleet.prefix.ends_with('/') {
             return Err(invalid(format!(
@@ -213,8 +215,8 @@ mod tests {
     fn strict_fleet_table() {
         let e = parse("[fleet]\nendpoints = [\"http://a:1\"]\nlease_tll = \"3s\"\n").unwrap_err();
         assert!(e.to_string().contains("lease_tll"), "{e}");
-        let e = parse("[fleet]\nendpoints = [\"http://a:1\"]\non_partition = \"maybe\"\n")
-            .unwrap_err();
+        let e =
+            parse("[fleet]\nendpoints = [\"http://a:1\"]\non_partition = \"maybe\"\n").unwrap_err();
         assert!(e.to_string().contains("maybe"), "{e}");
         assert!(matches!(
             parse("socket = \"/s\"\n").unwrap_err(),

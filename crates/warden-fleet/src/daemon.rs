@@ -50,7 +50,11 @@ impl Conn {
     }
 
     /// Sends one request and waits at most `timeout` for its answer.
-    pub async fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response, DaemonError> {
+    pub async fn call(
+        &mut self,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, DaemonError> {
         let path = self.path.clone();
         let io = |source| DaemonError::Io {
             path: path.clone(),

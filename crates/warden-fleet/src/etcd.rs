@@ -35,7 +35,10 @@ pub async fn connect(s: &Settings, timeout: Duration) -> Result<Client, Error> {
         };
         let tls = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(read(&s.fleet.ca)?))
-            .identity(Identity::from_pem(read(&s.fleet.cert)?, read(&s.fleet.key)?));
+            .identity(Identity::from_pem(
+                read(&s.fleet.cert)?,
+                read(&s.fleet.key)?,
+            ));
         opts = opts.with_tls(tls);
     }
     match tokio::time::timeout(timeout, Client::connect(&s.fleet.endpoints, Some(opts))).await {

@@ -217,7 +217,11 @@ mod tests {
         let back: HaltRecord = decode("k", &encode(&h)).unwrap();
         assert_eq!(back, h);
         assert!(h.targets("a") && !h.targets("c"));
-        assert!(HaltRecord { targets: None, ..h.clone() }.targets("c"));
+        assert!(HaltRecord {
+            targets: None,
+            ..h.clone()
+        }
+        .targets("c"));
         let mut raw: serde_json::Value = serde_json::from_slice(&encode(&h)).unwrap();
         raw["v"] = 2.into();
         let e = decode::<HaltRecord>("k", raw.to_string().as_bytes()).unwrap_err();

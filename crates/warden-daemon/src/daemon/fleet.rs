@@ -75,10 +75,12 @@ impl FleetLink {
         if !self.configured || self.lost.is_some() {
             return None;
         }
-        Some(match self.last_beat {
-            None => self.since + HELLO_GRACE,
-            Some(b) => b + BEAT_TIMEOUT,
-        } + Duration::from_millis(5))
+        Some(
+            match self.last_beat {
+                None => self.since + HELLO_GRACE,
+                Some(b) => b + BEAT_TIMEOUT,
+            } + Duration::from_millis(5),
+        )
     }
 
     pub(super) fn status_json(&self, now: Instant) -> serde_json::Value {
@@ -138,7 +140,10 @@ impl Daemon {
         // A beat after the bridge was declared lost does not revive it: it
         // has to say hello again, on a new connection.
         if self.fleet.lost.is_some() {
-            return Response::err(ErrorKind::Refused, "fleet bridge was declared lost: hello again");
+            return Response::err(
+                ErrorKind::Refused,
+                "fleet bridge was declared lost: hello again",
+            );
         }
         self.fleet.last_beat = Some(now);
         self.fleet.beats += 1;
@@ -155,7 +160,9 @@ impl Daemon {
         let agents: Vec<_> = self
             .slots
             .iter()
-            .map(|(n, s)| json!({"name": n, "state": kills::state_name(&s.machine.state, s.frozen)}))
+            .map(
+                |(n, s)| json!({"name": n, "state": kills::state_name(&s.machine.state, s.frozen)}),
+            )
             .collect();
         let last = self.last_halt.as_ref().map(|h| {
             json!({"id": h.id, "trigger": h.trigger, "reason": h.reason,
@@ -187,7 +194,9 @@ impl Daemon {
         // off, hearing the fleet halt later): nothing more to stop.
         let populated = self.cg.agents().populated().unwrap_or(true);
         if matches!(self.mode, Mode::Safe(_)) && !populated && self.all_down() {
-            return Response::ok(json!({"halt": self.last_halt, "already_halted": true, "epoch": epoch}));
+            return Response::ok(
+                json!({"halt": self.last_halt, "already_halted": true, "epoch": epoch}),
+            );
         }
         self.hard_halt(trigger, reason, Some(uid), now);
         Response::ok(json!({"halt": self.last_halt, "already_halted": false, "epoch": epoch}))
