@@ -104,6 +104,10 @@ struct Row {
     local: Vec<f64>,
     fleet: Vec<f64>,
     command: Vec<f64>,
+    /// Issue → the slowest node saw the record.
+    seen: Vec<f64>,
+    /// The slowest daemon halt call.
+    call: Vec<f64>,
 }
 
 fn run_one(nodes: usize, delay_ms: u64, reps: usize) -> Row {
@@ -121,6 +125,8 @@ fn run_one(nodes: usize, delay_ms: u64, reps: usize) -> Row {
         local: vec![],
         fleet: vec![],
         command: vec![],
+        seen: vec![],
+        call: vec![],
     };
     for rep in 0..reps {
         // Local: node 1's stop file.
@@ -166,6 +172,18 @@ fn run_one(nodes: usize, delay_ms: u64, reps: usize) -> Row {
         c.wait("every node acked", Duration::from_secs(10), || {
             c.status_json()["not_acked"] == serde_json::json!([])
         });
+        // Where the time went, from the acks: issue → the node saw the
+        // record (wall clocks of one host), and the daemon's halt call.
+        let st = c.status_json();
+        let (mut seen, mut call) = (0u64, 0f64);
+        for r in st["nodes"].as_array().unwrap() {
+            let a = &r["ack"];
+            seen = seen.max(a["seen_ms"].as_u64().unwrap_or(0).saturating_sub(issued));
+            call = call.max(a["halt_ms"].as_f64().unwrap_or(0.0));
+        }
+        row.seen.push(seen as f64);
+        row.call.push(call);
+        eprintln!("    slowest node: issue → seen {seen} ms; daemon halt call {call:.1} ms");
         for n in &c.nodes {
             let (rc, o, e) = n.fleet_cli(&["resume", "--epoch", &epoch, "--reason", "bench"]);
             assert_eq!(rc, 0, "{}: {o}{e}", n.name);
@@ -186,6 +204,12 @@ fn main() {
         .max(1) as usize;
     let sizes = env_list("FLEET_BENCH_NODES", "3,10");
     let delay = env_list("FLEET_BENCH_DELAY_MS", "20")[0];
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .next()
+        .unwrap_or("?")
+        .to_string();
     let t = Instant::now();
     let mut rows = vec![];
     for &n in &sizes {
@@ -197,15 +221,15 @@ fn main() {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Fleet halt, median / max of {reps} runs (ms); binary {}; {:.0} s in all.\n",
+        "Fleet halt, median / max of {reps} runs (ms); binary {}; {:.0} s in all; load average before {load} (2 cores shared).\n",
         common::bin(),
         t.elapsed().as_secs_f64()
     );
     let _ = writeln!(
         md,
-        "| nodes | delay each way | one RTT | local stop-file halt | fleet halt → last node empty | from the command | target (local + RTT + 50) | met |"
+        "| nodes | delay each way | one RTT | local stop-file halt | fleet halt → last node empty | from the command | issue → seen (slowest node) | daemon halt call (slowest) | target (local + RTT + 50) | met |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|:--:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--:|");
     for r in &mut rows {
         let lmax = r.local.iter().cloned().fold(0.0, f64::max);
         let fmax = r.fleet.iter().cloned().fold(0.0, f64::max);
@@ -215,10 +239,11 @@ fn main() {
             median(&mut r.fleet),
             median(&mut r.command),
         );
+        let (s, hc) = (median(&mut r.seen), median(&mut r.call));
         let target = l + r.rtt_ms + 50.0;
         let _ = writeln!(
             md,
-            "| {} | {} ms | {:.1} | {l:.1} / {lmax:.1} | {f:.0} / {fmax:.0} | {cm:.0} / {cmax:.0} | {target:.0} | {} |",
+            "| {} | {} ms | {:.1} | {l:.1} / {lmax:.1} | {f:.0} / {fmax:.0} | {cm:.0} / {cmax:.0} | {s:.0} | {hc:.1} | {target:.0} | {} |",
             r.nodes,
             r.delay_ms,
             r.rtt_ms,

@@ -7,6 +7,8 @@
 //! cgroupfs) and ended by pid. Drop order: fleet processes, daemons (the
 //! common Env scrubs their cgroups), etcd, proxies, namespaces, files.
 //!
+//! etcd keeps its data on tmpfs (/dev/shm).
+//!
 //! This kernel has no sch_netem, so link delay is a userspace proxy in the
 //! node's namespace that holds every chunk for `delay` in each direction.
 #![allow(dead_code)]
@@ -448,6 +450,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub etcd: Proc,
     pub ens: Netns,
+    /// etcd's data, on tmpfs: the tests time warden's path, not this shared
+    /// disk's fsync (etcd syncs its WAL on every commit).
+    pub etcd_data: tempfile::TempDir,
     pub dir: tempfile::TempDir,
     pub certs: Certs,
     pub tag: String,
@@ -504,10 +509,14 @@ impl Cluster {
             .map(|i| format!("https://{i}:{ETCD_PORT}"))
             .collect();
         let etcd_log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let etcd_data = tempfile::Builder::new()
+            .prefix("warden-fleet-etcd-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
         let child = ens
             .cmd("etcd")
             .args(["--name", "e", "--data-dir"])
-            .arg(dir.path().join("etcd-data"))
+            .arg(etcd_data.path().join("data"))
             .args(["--listen-client-urls", &urls.join(",")])
             .args(["--advertise-client-urls", &urls[0]])
             .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
@@ -531,6 +540,7 @@ impl Cluster {
                 what: "etcd".into(),
             },
             ens,
+            etcd_data,
             dir,
             certs,
             tag,

@@ -526,6 +526,15 @@ async fn halt(sh: &Shared, c: &mut Client, rec: &HaltRecord, missed: bool) -> Re
     )
     .await;
     let halt_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // Logged after the halt: nothing ahead of it on the critical path.
+    tracing::warn!(
+        "fleet halt epoch {} by {}: {}{}; seen {} ms after issue (wall clocks), daemon halt call {halt_ms:.1} ms",
+        rec.epoch,
+        rec.who,
+        rec.reason,
+        if missed { " (issued while this node was cut off)" } else { "" },
+        seen_ms as i64 - rec.issued_ms as i64,
+    );
     let data = match r {
         Ok(d) => d,
         Err(e) => {

@@ -128,13 +128,8 @@ impl Daemon {
                 self.resume(&reason, authorization, uid)
             }
             Request::FleetHello { node } => self.fleet_hello(node, now),
-            Request::FleetHalt {
-                trigger,
-                epoch,
-                reason,
-            } => self.fleet_halt(&trigger, epoch, &reason, uid, now),
-            // Answered before the command audit (Daemon::fleet_command).
-            Request::FleetBeat | Request::FleetEvent { .. } => {
+            // Answered outside the audit-then-act path (Daemon::fleet_command).
+            Request::FleetBeat | Request::FleetEvent { .. } | Request::FleetHalt { .. } => {
                 Response::err(ErrorKind::Failed, "fleet verb out of place")
             }
         }

@@ -95,10 +95,34 @@ impl FleetLink {
 }
 
 impl Daemon {
-    /// Verbs handled before the generic command audit: a beat is not
+    /// Verbs handled outside the generic audit-then-act path: a beat is not
     /// audited (it comes four times a second), an event is its own audit
-    /// record. Returns the command back when it is not one of them.
+    /// record, and a halt acts first. Returns the command back when it is
+    /// not one of them.
     pub(super) fn fleet_command(&mut self, c: Command, now: Instant) -> Option<Command> {
+        if let Request::FleetHalt {
+            trigger,
+            epoch,
+            reason,
+        } = &c.request
+        {
+            // A halt is the safe direction: it does not wait for a durable
+            // audit append (the halt's own record carries trigger, reason,
+            // uid and phases). The command is audited right after.
+            let (trigger, epoch, reason) = (trigger.clone(), *epoch, reason.clone());
+            let r = self.fleet_halt(&trigger, epoch, &reason, c.uid, now);
+            let data = serde_json::to_value(&c.request).unwrap_or_default();
+            if let Err(e) = self.audit.record(audit_event(
+                "command",
+                None,
+                Some(c.uid),
+                json!({"request": data, "pid": c.pid}),
+            )) {
+                self.audit_failed(&e.to_string());
+            }
+            let _ = c.reply.send(r);
+            return None;
+        }
         match c.request {
             Request::FleetBeat => {
                 let r = self.fleet_beat(now);
