@@ -839,6 +839,18 @@ restart    = "on-failure"
     }
 
     #[test]
+    fn fleet_table_is_accepted_and_kept_opaque() {
+        assert!(parse("").unwrap().fleet.is_none());
+        let c = parse(&format!(
+            "[fleet]\nendpoints = [\"https://e:2379\"]\nwhatever = 1\n{}",
+            GOOD.split_once("[[agent]]").map(|(_, a)| format!("[[agent]]{a}")).unwrap()
+        ))
+        .unwrap();
+        assert_eq!(c.fleet.unwrap()["whatever"].as_integer(), Some(1));
+        assert_eq!(c.agents.len(), 1);
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let e = err("grace = \"1s\"\nfrobnicate = 3\n");
         assert!(e.contains("frobnicate") && e.contains("line 2"), "{e}");
