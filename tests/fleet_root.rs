@@ -361,3 +361,33 @@ fn losing_the_bridge_or_etcd_halts_the_node() {
         );
     }
 }
+
+#[test]
+fn on_partition_keep_runs_on_and_says_so() {
+    let _l = lock();
+    let c = Cluster::start(Options {
+        nodes: 1,
+        on_partition: "keep",
+        ..Options::default()
+    });
+    let n1 = c.node("n1");
+    n1.link(false);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(running(&c, "n1"), "{}", c.logs());
+    // Loud: in the node's own status (readable without etcd) and its audit.
+    let (_, out, _) = n1.fleet_cli(&["status"]);
+    assert!(out.contains("CUT OFF FROM ETCD"), "{out}");
+    c.wait("the partition audited", Duration::from_secs(5), || {
+        n1.audit_kinds().iter().any(|k| k == "fleet_partition")
+    });
+    n1.link(true);
+    c.wait(
+        "the partition's end audited and published",
+        Duration::from_secs(15),
+        || {
+            n1.audit_kinds().iter().any(|k| k == "fleet_partition_end")
+                && c.status_json()["nodes"][0]["state"]["partitions"] == 1
+        },
+    );
+    assert!(running(&c, "n1"));
+}

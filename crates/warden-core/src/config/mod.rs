@@ -843,7 +843,9 @@ restart    = "on-failure"
         assert!(parse("").unwrap().fleet.is_none());
         let c = parse(&format!(
             "[fleet]\nendpoints = [\"https://e:2379\"]\nwhatever = 1\n{}",
-            GOOD.split_once("[[agent]]").map(|(_, a)| format!("[[agent]]{a}")).unwrap()
+            GOOD.split_once("[[agent]]")
+                .map(|(_, a)| format!("[[agent]]{a}"))
+                .unwrap()
         ))
         .unwrap();
         assert_eq!(c.fleet.unwrap()["whatever"].as_integer(), Some(1));
