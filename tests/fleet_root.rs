@@ -59,12 +59,9 @@ fn fleet_halt_reaches_every_node_nodes_limits_it_and_resume_is_per_host() {
     );
     for n in &c.nodes {
         n.env.assert_nothing_left();
-        let kinds = n.audit_kinds();
-        assert!(
-            kinds.iter().any(|k| k == "fleet_halt"),
-            "{}: {kinds:?}",
-            n.name
-        );
+        c.wait("the fleet halt audited", Duration::from_secs(5), || {
+            n.audit_kinds().iter().any(|k| k == "fleet_halt")
+        });
         let last = n.env.status()["last_halt"].clone();
         assert_eq!(last["trigger"], "fleet", "{last}");
         assert!(
@@ -131,12 +128,15 @@ fn fleet_halt_reaches_every_node_nodes_limits_it_and_resume_is_per_host() {
     let st = c.status_json();
     assert!(ack(&st, "n1").is_null() && ack(&st, "n3").is_null(), "{st}");
     for n in ["n1", "n3"] {
-        assert!(
-            c.node(n)
-                .audit_kinds()
-                .iter()
-                .any(|k| k == "fleet_halt_not_targeted"),
-            "{n}"
+        c.wait(
+            "the untargeted halt audited",
+            Duration::from_secs(5),
+            || {
+                c.node(n)
+                    .audit_kinds()
+                    .iter()
+                    .any(|k| k == "fleet_halt_not_targeted")
+            },
         );
     }
 }
@@ -310,14 +310,21 @@ fn a_cut_off_node_halts_itself_and_records_the_epoch_it_missed() {
     c.wait("n3 acks the missed epoch", Duration::from_secs(15), || {
         ack(&c.status_json(), "n3")["missed"] == true
     });
-    let kinds = n3.audit_kinds();
-    for k in [
-        "fleet_partition",
-        "fleet_partition_end",
-        "fleet_halt_missed",
-    ] {
-        assert!(kinds.iter().any(|x| x == k), "{k} not in {kinds:?}");
-    }
+    // The ack comes first, the audit event right after it.
+    c.wait(
+        "n3's audit of the partition and the missed epoch",
+        Duration::from_secs(5),
+        || {
+            let kinds = n3.audit_kinds();
+            [
+                "fleet_partition",
+                "fleet_partition_end",
+                "fleet_halt_missed",
+            ]
+            .iter()
+            .all(|k| kinds.iter().any(|x| x == k))
+        },
+    );
     assert!(halted(&c, "n3"));
 }
 
