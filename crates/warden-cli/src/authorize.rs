@@ -44,7 +44,7 @@ pub fn run(a: Args) -> i32 {
         &host,
         &a.reason,
         a.valid_for,
-        warden_core::evidence::now_ms(),
+        warden_core::clock::now_ms(),
     );
     let text = serde_json::to_string_pretty(&auth).expect("serializes") + "\n";
     match &a.output {

@@ -1,4 +1,4 @@
-//! `warden daemon --config FILE` and the hidden `warden __guard`.
+//! `warden daemon --config FILE`.
 
 use std::path::PathBuf;
 
@@ -60,18 +60,4 @@ pub fn start(cfg: Config, opts: Options) -> i32 {
             }
         }
     }
-}
-
-#[derive(Debug, clap::Args)]
-pub struct GuardArgs {
-    #[arg(long)]
-    cgroup_mount: PathBuf,
-    #[arg(long)]
-    cgroup_root: String,
-    #[arg(long)]
-    latch: PathBuf,
-}
-
-pub fn guard(a: GuardArgs) -> i32 {
-    warden_daemon::guard::run(a.cgroup_mount, a.cgroup_root, a.latch)
 }

@@ -131,9 +131,6 @@ pub enum Verb {
     AuthorizeResume(authorize::Args),
     /// Make an Ed25519 key pair for resume authorizations.
     Keygen(authorize::KeygenArgs),
-    /// The guard process (started by the daemon).
-    #[command(name = "__guard", hide = true)]
-    Guard(daemon::GuardArgs),
 }
 
 impl Cli {
@@ -188,7 +185,6 @@ pub fn main() -> i32 {
         Verb::Key(c) => key::run(c),
         Verb::AuthorizeResume(a) => authorize::run(a),
         Verb::Keygen(a) => authorize::keygen(a),
-        Verb::Guard(a) => daemon::guard(a),
         Verb::Fleet(c) => fleet::run(cli.socket.as_deref(), c),
     }
 }

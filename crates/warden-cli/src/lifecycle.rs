@@ -54,7 +54,7 @@ pub fn checkin(socket: &Path, a: CheckinArgs) -> i32 {
         Ok(v) => {
             match v["next_due_ms"].as_u64() {
                 Some(due) => {
-                    let left = due.saturating_sub(warden_core::evidence::now_ms()) / 1000;
+                    let left = due.saturating_sub(warden_core::clock::now_ms()) / 1000;
                     println!("checked in; next check-in due within {left}s");
                 }
                 None => println!("checked in (no oversight_timeout is configured)"),

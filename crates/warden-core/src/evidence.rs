@@ -83,13 +83,6 @@ pub struct Evidence {
     pub capture_us: u64,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()

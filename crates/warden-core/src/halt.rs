@@ -78,24 +78,51 @@ fn us(t0: Instant) -> u64 {
 
 /// A unique id for a halt.
 pub fn new_id() -> String {
-    format!("h{}-{}", evidence::now_ms(), crate::crypto::random_hex(4))
+    format!(
+        "h{}-{}",
+        crate::clock::now_ms(),
+        crate::crypto::random_hex(4)
+    )
 }
 
-/// Runs the ladder on `scope` (one agent's cgroup, or the parent of all).
-/// `t0` is when the trigger was seen. Blocks until the scope is empty or every
-/// attempt failed. Returns the report and the evidence (captured before the kill).
-pub fn run(
-    scope: &dyn Cgroup,
-    members: &[Member<'_>],
-    trigger: &str,
-    reason: &str,
-    hard: bool,
-    t0: Instant,
-    empty_deadline: Duration,
-) -> (Report, Evidence) {
+/// What to halt, and why.
+pub struct Request<'a> {
+    /// The halt's id, when the caller named it first (the safety kernel
+    /// hears it before the ladder starts); a new one otherwise.
+    pub id: Option<&'a str>,
+    /// The cgroup to empty: one agent's, or the parent of all.
+    pub scope: &'a dyn Cgroup,
+    /// The agents inside it whose processes and output go into the evidence.
+    pub members: &'a [Member<'a>],
+    /// `stop_file`, `cli`, `signal`, `monitor`, `orderly`, ...
+    pub trigger: &'a str,
+    pub reason: &'a str,
+    /// A hard halt (SAFE MODE follows) rather than the end of an orderly stop.
+    pub hard: bool,
+    /// When the trigger was seen: every phase is timed from here.
+    pub seen_at: Instant,
+    /// How long to wait for `populated 0` after each kill.
+    pub empty_deadline: Duration,
+}
+
+/// Runs the ladder. Blocks until the scope is empty or every attempt failed.
+/// Returns the report and the evidence (captured before the kill, from the
+/// frozen tree; when the freeze failed, the kill comes first, since a tree
+/// that still runs must not be given the time a capture takes).
+pub fn run(req: &Request<'_>) -> (Report, Evidence) {
+    let Request {
+        id: given_id,
+        scope,
+        members,
+        trigger,
+        reason,
+        hard,
+        seen_at: t0,
+        empty_deadline,
+    } = *req;
     let mut errors = Vec::new();
     let mut t = Timings::default();
-    let started_at_ms = evidence::now_ms().saturating_sub(t0.elapsed().as_millis() as u64);
+    let started_at_ms = crate::clock::now_ms().saturating_sub(t0.elapsed().as_millis() as u64);
 
     // 1. Freeze: nothing in the tree runs, forks or flees from here on.
     if let Err(e) = scope.freeze() {
@@ -103,13 +130,19 @@ pub fn run(
     }
     t.freeze_requested_us = us(t0);
     let frozen = wait_until(scope, FREEZE_TIMEOUT, |c| c.is_frozen().unwrap_or(false));
+    t.frozen_us = us(t0);
+    let mut killed_early = false;
     if !frozen {
         errors.push(format!(
-            "not frozen after {}; killing anyway",
+            "not frozen after {}; killed before the evidence",
             humantime::format_duration(FREEZE_TIMEOUT)
         ));
+        if let Err(e) = scope.kill() {
+            errors.push(format!("kill before evidence: {e}"));
+        }
+        killed_early = true;
+        t.killed_us = us(t0);
     }
-    t.frozen_us = us(t0);
 
     // 2. Evidence from the frozen tree: every process of every agent, read
     // from /proc by one thread per core. Nothing is killed before all of it is
@@ -148,13 +181,13 @@ pub fn run(
             log_tail: String::new(),
         })
         .collect();
-    let id = new_id();
+    let id = given_id.map(str::to_string).unwrap_or_else(new_id);
     let mut ev = Evidence {
         version: 1,
         halt_id: id.clone(),
         trigger: trigger.to_string(),
         reason: reason.to_string(),
-        captured_at_ms: evidence::now_ms(),
+        captured_at_ms: crate::clock::now_ms(),
         host: evidence::hostname(),
         agents: Vec::new(),
         capture_us: cap_start.elapsed().as_micros() as u64,
@@ -173,7 +206,7 @@ pub fn run(
         if let Err(e) = scope.kill() {
             errors.push(format!("kill (attempt {attempts}): {e}"));
         }
-        if attempts == 1 {
+        if attempts == 1 && !killed_early {
             t.killed_us = us(t0);
         }
         if let Err(e) = scope.thaw() {

@@ -21,6 +21,7 @@
 //! - [`safemode`]: the SAFE MODE latch and the clean-shutdown marker.
 //! - [`protect`]: the watch on warden's own files.
 //! - [`watchdog`]: systemd watchdog pings, gated by health.
+//! - [`clock`]: the one wall clock.
 //! - [`audit`]: the hash-chained, signed audit log; [`crypto`] its keys and
 //!   canonical JSON; [`casepack`] the self-contained evidence file;
 //!   [`authz`] signed, single-use resume authorizations.
@@ -30,6 +31,7 @@ pub mod audit;
 pub mod authz;
 pub mod casepack;
 pub mod cgroup;
+pub mod clock;
 pub mod config;
 pub mod confine;
 pub mod crypto;

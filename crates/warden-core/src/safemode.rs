@@ -29,7 +29,7 @@ impl Latch {
             trigger: trigger.into(),
             reason: reason.into(),
             halt_id,
-            set_at_ms: crate::evidence::now_ms(),
+            set_at_ms: crate::clock::now_ms(),
             uid,
         }
     }

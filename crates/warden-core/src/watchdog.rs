@@ -23,11 +23,18 @@ pub struct Health {
     pub cgroupfs: bool,
     /// The self-modification watch is in place.
     pub protect_watch: bool,
+    /// The safety kernel runs.
+    pub kernel: bool,
 }
 
 impl Health {
     pub fn ok(&self) -> bool {
-        self.main_loop && self.stop_file_watch && self.audit && self.cgroupfs && self.protect_watch
+        self.main_loop
+            && self.stop_file_watch
+            && self.audit
+            && self.cgroupfs
+            && self.protect_watch
+            && self.kernel
     }
     /// Names of the failing checks.
     pub fn failing(&self) -> Vec<&'static str> {
@@ -38,6 +45,7 @@ impl Health {
             (self.audit, "audit"),
             (self.cgroupfs, "cgroupfs"),
             (self.protect_watch, "protect_watch"),
+            (self.kernel, "kernel"),
         ] {
             if !ok {
                 v.push(name);
@@ -223,6 +231,7 @@ mod tests {
             audit: true,
             cgroupfs: true,
             protect_watch: true,
+            kernel: true,
         }
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use warden_proto::agent::{
     decode_request, encode_response, AgentRequest, AgentResponse, ErrorCode,
 };
+use warden_proto::frame::{self, Frame};
 
 /// Name of the socket file inside the agent's directory.
 pub const SOCKET_NAME: &str = "agent.sock";
@@ -350,20 +351,12 @@ async fn connection(
     let mut line = Vec::new();
     let mut served: u32 = 0;
     loop {
-        line.clear();
         // Bounded read: a line longer than max_line is refused, not buffered.
-        let n = match (&mut rd)
-            .take(ctx.limits.max_line as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => return,
+        let frame = match frame::read_line(&mut rd, &mut line, ctx.limits.max_line).await {
+            Ok(Frame::Eof) | Err(_) => return,
+            Ok(f) => f,
         };
-        if n == 0 {
-            return;
-        }
-        if line.len() > ctx.limits.max_line {
+        if frame == Frame::TooLong {
             bump(&ctx.counters.too_long);
             let r = AgentResponse::err(
                 ErrorCode::TooLong,

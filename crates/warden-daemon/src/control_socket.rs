@@ -4,11 +4,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use warden_proto::control::{parse_request, ErrorKind, Request, Response, MAX_LINE};
+use warden_proto::frame::{self, Frame};
 
 /// A request for the main loop, with who sent it and where to answer.
 #[derive(Debug)]
@@ -64,22 +65,15 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
     let uid = cred.uid();
     let pid = cred.pid();
     let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd.take(u64::MAX));
+    let mut rd = BufReader::new(rd);
     let mut line = Vec::new();
     loop {
-        line.clear();
         // Bounded read: a line longer than MAX_LINE is refused, not buffered.
-        let n = {
-            let mut limited = (&mut rd).take(MAX_LINE as u64 + 1);
-            match limited.read_until(b'\n', &mut line).await {
-                Ok(n) => n,
-                Err(_) => return,
-            }
+        let frame = match frame::read_line(&mut rd, &mut line, MAX_LINE).await {
+            Ok(Frame::Eof) | Err(_) => return,
+            Ok(f) => f,
         };
-        if n == 0 {
-            return;
-        }
-        let resp = if line.len() > MAX_LINE {
+        let resp = if frame == Frame::TooLong {
             let r = Response::err(
                 ErrorKind::BadRequest,
                 format!("bad request: line longer than {MAX_LINE} bytes"),
@@ -120,7 +114,5 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
 }
 
 async fn write(wr: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
-    let mut s = serde_json::to_vec(r).expect("response serializes");
-    s.push(b'\n');
-    wr.write_all(&s).await
+    wr.write_all(frame::encode(r).as_bytes()).await
 }

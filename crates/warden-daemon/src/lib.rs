@@ -11,13 +11,13 @@
 //!   decision, approvals and runs.
 //! - [`control_socket`] and [`agent_socket`]: the servers of the control
 //!   socket and of each agent's socket.
-//! - [`guard`]: a small process that kills every agent if the daemon dies.
+//! - [`kernel_link`]: the daemon's side of the safety kernel's protocol.
 #![deny(unsafe_code)]
 
 pub mod agent_socket;
 pub mod broker;
 pub mod control_socket;
 pub mod daemon;
-pub mod guard;
+pub mod kernel_link;
 pub mod killswitch;
 pub mod monitor;

@@ -83,7 +83,7 @@ pub struct AgentWatch {
     pub readings: BTreeMap<String, Reading>,
 }
 
-fn r(value: f64, threshold: f64, unit: &str) -> Reading {
+fn reading(value: f64, threshold: f64, unit: &str) -> Reading {
     Reading {
         value,
         threshold,
@@ -164,13 +164,13 @@ impl AgentWatch {
                     };
                     let frac = (b.saturating_sub(*a) + stall) as f64 / 1e6 / dt;
                     self.readings
-                        .insert("cpu".into(), r(frac, t.busy_cpu, "cores"));
+                        .insert("cpu".into(), reading(frac, t.busy_cpu, "cores"));
                     if frac >= t.busy_cpu {
                         let since = *self.busy_since.get_or_insert(*then);
                         let busy = now.duration_since(since);
                         self.readings.insert(
                             "busy_loop".into(),
-                            r(busy.as_secs_f64(), t.busy_loop.as_secs_f64(), "s"),
+                            reading(busy.as_secs_f64(), t.busy_loop.as_secs_f64(), "s"),
                         );
                         if busy >= t.busy_loop && breach.is_none() && t.on("busy_loop") {
                             breach = Some(self.breach(
@@ -189,15 +189,17 @@ impl AgentWatch {
                         }
                     } else {
                         self.busy_since = None;
-                        self.readings
-                            .insert("busy_loop".into(), r(0.0, t.busy_loop.as_secs_f64(), "s"));
+                        self.readings.insert(
+                            "busy_loop".into(),
+                            reading(0.0, t.busy_loop.as_secs_f64(), "s"),
+                        );
                     }
                 }
                 // Fork rate: processes that were not there at the last sample.
                 let new = pids.difference(pids_then).count() as f64;
                 let rate = new / dt;
                 self.readings
-                    .insert("fork_rate".into(), r(rate, t.fork_rate, "/s"));
+                    .insert("fork_rate".into(), reading(rate, t.fork_rate, "/s"));
                 if rate >= t.fork_rate && breach.is_none() && t.on("fork_rate") {
                     breach = Some(self.breach(
                         "fork_rate",
@@ -210,7 +212,7 @@ impl AgentWatch {
         if let (Some(m), Some(max)) = (s.memory, s.memory_max) {
             let limit = t.memory_halt * max as f64;
             self.readings
-                .insert("memory".into(), r(m as f64, limit, "bytes"));
+                .insert("memory".into(), reading(m as f64, limit, "bytes"));
             if m as f64 >= limit && breach.is_none() && t.on("memory") {
                 breach = Some(self.breach(
                     "memory",
@@ -225,8 +227,10 @@ impl AgentWatch {
         }
         if let Some(max) = s.pids_max {
             let limit = (t.pids_near * max as f64).ceil();
-            self.readings
-                .insert("pids".into(), r(pids.len() as f64, limit, "processes"));
+            self.readings.insert(
+                "pids".into(),
+                reading(pids.len() as f64, limit, "processes"),
+            );
             if pids.len() as f64 >= limit && breach.is_none() && t.on("pids") {
                 breach = Some(self.breach(
                     "pids",
@@ -259,7 +263,7 @@ impl AgentWatch {
             let written = w.saturating_sub(first);
             self.readings.insert(
                 "disk_write".into(),
-                r(written as f64, t.disk_write as f64, "bytes"),
+                reading(written as f64, t.disk_write as f64, "bytes"),
             );
             if written >= t.disk_write && breach.is_none() && t.on("disk_write") {
                 breach = Some(self.breach(
@@ -294,7 +298,7 @@ impl AgentWatch {
         let n = self.tasks.len() as u32;
         self.readings.insert(
             "tasks".into(),
-            r(n as f64, self.t.tasks_per_day as f64, "per 24h"),
+            reading(n as f64, self.t.tasks_per_day as f64, "per 24h"),
         );
         (n > self.t.tasks_per_day && self.t.on("tasks")).then(|| {
             self.breach(
@@ -315,7 +319,7 @@ impl AgentWatch {
         let n = self.rejections_in_row;
         self.readings.insert(
             "governance".into(),
-            r(
+            reading(
                 n as f64,
                 self.t.governance_rejections as f64,
                 "rejections in a row",
@@ -357,7 +361,7 @@ pub fn check_host(
     for (path, free) in &s.disk_free {
         readings.insert(
             format!("disk_free:{path}"),
-            r(*free as f64, t.disk_free_min as f64, "bytes"),
+            reading(*free as f64, t.disk_free_min as f64, "bytes"),
         );
         if *free < t.disk_free_min && breach.is_none() && t.on("disk_free") {
             breach = Some(host(
@@ -370,7 +374,7 @@ pub fn check_host(
     if let Some(m) = s.mem_available {
         readings.insert(
             "host_memory".into(),
-            r(m as f64, t.host_memory_min as f64, "bytes"),
+            reading(m as f64, t.host_memory_min as f64, "bytes"),
         );
         if m < t.host_memory_min && breach.is_none() && t.on("host_memory") {
             breach = Some(host(
@@ -382,7 +386,7 @@ pub fn check_host(
     }
     if let (Some(l), Some(max)) = (s.load1, t.host_load_max) {
         let per_core = l / s.cores.max(1) as f64;
-        readings.insert("host_load".into(), r(per_core, max, "per core"));
+        readings.insert("host_load".into(), reading(per_core, max, "per core"));
         if per_core > max && breach.is_none() && t.on("host_load") {
             breach = Some(host(
                 "host_load",

@@ -147,64 +147,16 @@ pub enum ErrorCode {
     Failed,
 }
 
-/// One answer to one request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AgentResponse {
-    /// Whether the request was done.
-    pub ok: bool,
-    /// [`PROTOCOL_VERSION`] of the daemon that answered.
-    pub version: u32,
-    /// What the request returns, when it succeeded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    /// Why it failed, for humans.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Why it failed, for programs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<ErrorCode>,
+impl crate::frame::Codes for ErrorCode {
+    const VERSION: u32 = PROTOCOL_VERSION;
 }
 
-impl AgentResponse {
-    pub fn ok(data: serde_json::Value) -> AgentResponse {
-        AgentResponse {
-            ok: true,
-            version: PROTOCOL_VERSION,
-            data: Some(data),
-            error: None,
-            code: None,
-        }
-    }
-
-    /// A refusal that also carries data (the broker's decision, a request id).
-    pub fn err_with(
-        code: ErrorCode,
-        msg: impl Into<String>,
-        data: serde_json::Value,
-    ) -> AgentResponse {
-        AgentResponse {
-            data: Some(data),
-            ..AgentResponse::err(code, msg)
-        }
-    }
-
-    pub fn err(code: ErrorCode, msg: impl Into<String>) -> AgentResponse {
-        AgentResponse {
-            ok: false,
-            version: PROTOCOL_VERSION,
-            data: None,
-            error: Some(msg.into()),
-            code: Some(code),
-        }
-    }
-}
+/// One answer to one request: the one reply shape of [`crate::frame`].
+pub type AgentResponse = crate::frame::Reply<ErrorCode>;
 
 /// Encodes a request as one line, newline included.
 pub fn encode_request(req: &AgentRequest) -> String {
-    let mut s = serde_json::to_string(req).expect("request serializes");
-    s.push('\n');
-    s
+    crate::frame::encode(req)
 }
 
 /// Decodes one request line (trailing newline allowed). The error is the
@@ -279,9 +231,7 @@ fn validate(req: &AgentRequest) -> Result<(), String> {
 
 /// Encodes a response as one line, newline included.
 pub fn encode_response(r: &AgentResponse) -> String {
-    let mut s = serde_json::to_string(r).expect("response serializes");
-    s.push('\n');
-    s
+    crate::frame::encode(r)
 }
 
 /// Decodes one response line (trailing newline allowed).

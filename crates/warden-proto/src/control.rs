@@ -198,38 +198,12 @@ pub enum ErrorKind {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Response {
-    pub ok: bool,
-    pub version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<ErrorKind>,
+impl crate::frame::Codes for ErrorKind {
+    const VERSION: u32 = PROTOCOL_VERSION;
 }
 
-impl Response {
-    pub fn ok(data: serde_json::Value) -> Response {
-        Response {
-            ok: true,
-            version: PROTOCOL_VERSION,
-            data: Some(data),
-            error: None,
-            kind: None,
-        }
-    }
-    pub fn err(kind: ErrorKind, msg: impl Into<String>) -> Response {
-        Response {
-            ok: false,
-            version: PROTOCOL_VERSION,
-            data: None,
-            error: Some(msg.into()),
-            kind: Some(kind),
-        }
-    }
-}
+/// The daemon's answer: the one reply shape of [`crate::frame`].
+pub type Response = crate::frame::Reply<ErrorKind>;
 
 /// Parses one request line, with an error that names the problem.
 pub fn parse_request(line: &str) -> Result<Request, String> {

@@ -26,12 +26,10 @@ pub fn genesis_hash() -> String {
     crypto::sha256_hex(GENESIS_SEED)
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now, as the chain stores it (SQLite
+/// integers are signed); the clock is [`crate::clock`]'s.
 pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// `2026-11-24T22:24:01.123Z` for a millisecond timestamp.

@@ -472,6 +472,26 @@ impl Manager {
         Ok(())
     }
 
+    /// The agents' parent directory where the safety kernel freezes and
+    /// kills by itself: (the cgroup2 one, on v2 and hybrid; the v1 freezer's,
+    /// on v1 and hybrid).
+    pub fn kernel_dirs(&self) -> (Option<PathBuf>, Option<PathBuf>) {
+        let rel = self.agents_rel();
+        let v2 = match self.layout {
+            Layout::V2 | Layout::Hybrid => Some(fs::join(self.v2_mount(), &rel)),
+            Layout::V1 => None,
+        };
+        let v1 = match self.layout {
+            Layout::V1 | Layout::Hybrid => self
+                .v1
+                .iter()
+                .find(|h| h.has(Controller::Freezer) && !h.read_only())
+                .map(|h| fs::join(&h.dir, &rel)),
+            Layout::V2 => None,
+        };
+        (v2, v1)
+    }
+
     /// The parent of all agents, `R/agents`.
     pub fn agents(&self) -> Box<dyn Cgroup> {
         self.concrete(&self.agents_rel()).boxed()

@@ -290,6 +290,12 @@ fn default_backoff_max() -> Dur {
 fn default_empty_deadline() -> Dur {
     Dur(Duration::from_secs(5))
 }
+fn default_liveness_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_kernel_deadline() -> Dur {
+    Dur(Duration::from_millis(500))
+}
 fn default_cgroup_mount() -> PathBuf {
     PathBuf::from("/sys/fs/cgroup")
 }
@@ -320,6 +326,14 @@ pub struct Config {
     /// loudly and the kill retried.
     #[serde(default = "default_empty_deadline")]
     pub empty_deadline: Dur,
+    /// The safety kernel halts everything when the daemon's main loop has
+    /// been silent this long (a hang, a deadlock, a blocked disk).
+    #[serde(default = "default_liveness_timeout")]
+    pub liveness_timeout: Dur,
+    /// How long the safety kernel waits, after freezing for the stop file,
+    /// for the daemon to capture evidence and kill before it kills by itself.
+    #[serde(default = "default_kernel_deadline")]
+    pub kernel_deadline: Dur,
     /// Path of warden's cgroup below each hierarchy's mount. "auto": the
     /// daemon's own cgroup when it is delegated to it (systemd), else "/warden".
     #[serde(default = "default_cgroup_root")]
@@ -454,6 +468,31 @@ impl Config {
                     "must be \"auto\" or an absolute cgroup path other than /, got {:?}",
                     self.cgroup_root
                 ),
+            ));
+        }
+        let ms = |d: &Dur| d.0.as_millis();
+        if !(100..=60_000).contains(&ms(&self.liveness_timeout)) {
+            return Err(top(
+                "liveness_timeout",
+                format!(
+                    "must be between 100ms and 60s, got {}",
+                    self.liveness_timeout
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&ms(&self.kernel_deadline)) {
+            return Err(top(
+                "kernel_deadline",
+                format!(
+                    "must be between 100ms and 10m, got {}",
+                    self.kernel_deadline
+                ),
+            ));
+        }
+        if self.stop_file.parent() == Some(Path::new("/")) {
+            return Err(top(
+                "stop_file",
+                "must not be directly in / (the safety kernel watches its directory and that directory's parent)".into(),
             ));
         }
         if self.crash_loop.exits == 0 {

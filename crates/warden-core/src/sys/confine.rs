@@ -95,9 +95,13 @@ pub fn landlock_abi() -> Option<u32> {
 /// child has exactly one), and `p` must have been built before fork from a
 /// live ruleset fd. Returns the errno on failure.
 pub unsafe fn restrict_landlock(p: &PreparedRaw<'_>) -> Result<(), i32> {
-    let r = libc::syscall(libc::SYS_landlock_restrict_self, p.ruleset_fd, 0u32);
+    // SAFETY: raw landlock_restrict_self(2) taking only integers, so it reads
+    // no memory of ours; `p` borrows the ruleset from a live `Prepared`, so
+    // `ruleset_fd` is still open. It restricts the calling thread, which in the
+    // forked child is the only one.
+    let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, p.ruleset_fd, 0u32) };
     if r != 0 {
-        return Err(*libc::__errno_location());
+        return Err(super::errno());
     }
     Ok(())
 }
@@ -109,15 +113,21 @@ pub unsafe fn restrict_landlock(p: &PreparedRaw<'_>) -> Result<(), i32> {
 /// filter that the borrow in `PreparedRaw` keeps alive. Returns the errno on
 /// failure.
 pub unsafe fn install_seccomp(p: &PreparedRaw<'_>) -> Result<(), i32> {
-    let r = libc::prctl(
-        libc::PR_SET_SECCOMP,
-        libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-        &p.prog as *const libc::sock_fprog,
-        0,
-        0,
-    );
+    // SAFETY: `&p.prog` is a live sock_fprog whose `filter` points at `len`
+    // instructions that the borrow in `PreparedRaw` keeps alive; the kernel
+    // only reads them, copying the program in before the call returns. Without
+    // no_new_privs the call fails with EACCES, it does not misbehave.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &p.prog as *const libc::sock_fprog,
+            0,
+            0,
+        )
+    };
     if r != 0 {
-        return Err(*libc::__errno_location());
+        return Err(super::errno());
     }
     Ok(())
 }
@@ -128,7 +138,11 @@ pub unsafe fn install_seccomp(p: &PreparedRaw<'_>) -> Result<(), i32> {
 /// As for [`restrict_landlock`] and [`install_seccomp`]; no_new_privs must
 /// already be set.
 pub unsafe fn apply_in_child(p: &PreparedRaw<'_>) -> Result<(), (ConfineStep, i32)> {
-    restrict_landlock(p).map_err(|e| (ConfineStep::Landlock, e))?;
-    install_seccomp(p).map_err(|e| (ConfineStep::Seccomp, e))?;
+    // SAFETY: the caller upholds restrict_landlock's contract (see # Safety):
+    // forked child, `p` built from a live ruleset fd.
+    unsafe { restrict_landlock(p) }.map_err(|e| (ConfineStep::Landlock, e))?;
+    // SAFETY: the caller upholds install_seccomp's contract (see # Safety):
+    // no_new_privs set, and `p` keeps the filter alive.
+    unsafe { install_seccomp(p) }.map_err(|e| (ConfineStep::Seccomp, e))?;
     Ok(())
 }

@@ -208,12 +208,18 @@ fn read_full(fd: RawFd, buf: &mut [u8; 8]) -> usize {
 /// # Safety
 /// Only to be called in the forked child.
 unsafe fn fail(err_fd: RawFd, step: Step) -> ! {
-    let errno = *libc::__errno_location();
+    let errno = super::errno();
     let mut buf = [0u8; 8];
     buf[..4].copy_from_slice(&(step as u32).to_ne_bytes());
     buf[4..].copy_from_slice(&errno.to_ne_bytes());
-    libc::write(err_fd, buf.as_ptr().cast(), buf.len());
-    libc::_exit(127)
+    // SAFETY: async-signal-safe write(2) in the single-threaded forked child;
+    // the kernel reads `buf.len()` bytes from the live stack buffer `buf`. A
+    // bad `err_fd` only makes the write fail, and the result is ignored.
+    unsafe { libc::write(err_fd, buf.as_ptr().cast(), buf.len()) };
+    // SAFETY: _exit(2) is async-signal-safe and ends the forked child at once,
+    // without running atexit handlers or flushing stdio buffers inherited
+    // from the daemon.
+    unsafe { libc::_exit(127) }
 }
 
 /// The child's side: join the cgroup, then confine, then exec.
@@ -228,97 +234,166 @@ unsafe fn child_after_fork(
     parent: libc::pid_t,
     err: RawFd,
 ) -> ! {
+    // Every `fail` below relies on the same invariant: we are the
+    // single-threaded forked child (this function's contract), so `fail` may
+    // _exit, and `err` is the close-on-exec error pipe's write end.
+
     // 1. Join the cgroup first: nothing the agent runs may exist outside it.
     for fd in &plan.cgroup_procs {
-        if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-            fail(err, Step::JoinCgroup);
+        // SAFETY: async-signal-safe write(2) in the forked child; `fd` is an
+        // open cgroup.procs descriptor owned by `plan` (alive until exec), and
+        // the kernel reads 1 byte from the static literal "0".
+        if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+            // SAFETY: forked child, `err` is the error pipe (see above).
+            unsafe { fail(err, Step::JoinCgroup) };
         }
     }
     // 2. Own session and process group, detached from any terminal.
-    if libc::setsid() < 0 {
-        fail(err, Step::Setsid);
+    // SAFETY: setsid(2) is async-signal-safe, takes no arguments and touches
+    // no memory of ours.
+    if unsafe { libc::setsid() } < 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Setsid) };
     }
     // 3. Die with the daemon. If it already died, getppid no longer names it.
-    if libc::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0,
-    ) != 0
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is a raw syscall taking only integers;
+    // it touches no memory of ours and is async-signal-safe.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
     {
-        fail(err, Step::Pdeathsig);
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Pdeathsig) };
     }
-    if libc::getppid() != parent {
-        fail(err, Step::ParentGone);
+    // SAFETY: getppid(2) is async-signal-safe, cannot fail and touches no
+    // memory of ours.
+    if unsafe { libc::getppid() } != parent {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::ParentGone) };
     }
     // 4. Default dispositions and an empty mask: ignored signals (Rust ignores
     // SIGPIPE) and the mask survive execve (signal(7)).
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-        fail(err, Step::Signals);
+    // SAFETY: sigset_t is a plain C bit array, for which all-zero bytes are a
+    // valid value; this is a stack initialisation, no allocation.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset is async-signal-safe and only writes the live,
+    // exclusively borrowed local `set`.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: async-signal-safe sigprocmask in the single-threaded child (so it
+    // sets the mask of its only thread); the kernel reads the live local
+    // `set`, and the old-mask pointer is NULL, so nothing is written back.
+    if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Signals) };
     }
     for sig in 1..libc::SIGRTMAX() {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+            // SAFETY: signal() is async-signal-safe; SIG_DFL installs no
+            // handler code. A number the C library reserves only makes it
+            // return SIG_ERR, which is ignored.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
     }
     // 5. stdio.
     for (from, to) in [(&plan.stdin, 0), (&plan.stdout, 1), (&plan.stderr, 2)] {
-        if libc::dup2(from.as_raw_fd(), to) < 0 {
-            fail(err, Step::Stdio);
+        // SAFETY: async-signal-safe dup2(2) in the forked child on integers
+        // only; `from` is an open descriptor owned by `plan` (alive until exec).
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            // SAFETY: forked child, `err` is the error pipe (see above).
+            unsafe { fail(err, Step::Stdio) };
         }
     }
-    libc::umask(plan.umask as libc::mode_t);
+    // SAFETY: umask(2) is async-signal-safe, cannot fail and touches no memory
+    // of ours.
+    unsafe { libc::umask(plan.umask as libc::mode_t) };
     // 6. rlimits, while still privileged (raising a hard limit needs root).
     for &(res, soft, hard) in &plan.rlimits {
         let lim = libc::rlimit {
             rlim_cur: soft,
             rlim_max: hard,
         };
-        if libc::setrlimit(res as _, &lim) != 0 {
-            fail(err, Step::Rlimit);
+        // SAFETY: async-signal-safe setrlimit(2) in the forked child; the
+        // kernel only reads the live local `lim` (an invalid `res` is EINVAL).
+        if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
+            // SAFETY: forked child, `err` is the error pipe (see above).
+            unsafe { fail(err, Step::Rlimit) };
         }
     }
     // 6b. Its network namespace, while still privileged (CAP_SYS_ADMIN).
     let entered = match &plan.netns {
         NetNs::Host => 0,
-        NetNs::New => libc::unshare(libc::CLONE_NEWNET),
-        NetNs::Join(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET),
+        NetNs::New => {
+            // SAFETY: unshare(2) takes only a flag and touches no memory of
+            // ours; it moves just this (single-threaded) child into a new
+            // network namespace.
+            unsafe { libc::unshare(libc::CLONE_NEWNET) }
+        }
+        NetNs::Join(fd) => {
+            // SAFETY: setns(2) on integers only; `fd` is an open namespace
+            // descriptor owned by `plan` (alive until exec).
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }
+        }
     };
     if entered != 0 {
-        fail(err, Step::Network);
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Network) };
     }
     // 7. Capabilities: the bounding set can only be dropped with CAP_SETPCAP,
     // so before setuid; ambient cleared so nothing is regained at exec.
     for cap in 0..=plan.cap_last {
-        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
-            && *libc::__errno_location() != libc::EINVAL
+        // SAFETY: prctl(PR_CAPBSET_DROP) is a raw syscall taking only
+        // integers; it touches no memory of ours and is async-signal-safe.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0
+            && super::errno() != libc::EINVAL
         {
-            fail(err, Step::DropBounding);
+            // SAFETY: forked child, `err` is the error pipe (see above).
+            unsafe { fail(err, Step::DropBounding) };
         }
     }
-    if libc::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-        0,
-        0,
-        0,
-    ) != 0
+    // SAFETY: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) is a raw syscall
+    // taking only integers; it touches no memory of ours.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
     {
-        fail(err, Step::ClearAmbient);
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::ClearAmbient) };
     }
     // 8. Identity: groups, then gid, then uid (setuid last: it gives up the
     // right to do the others).
-    if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
-        fail(err, Step::Setgroups);
+    // SAFETY: the kernel reads exactly `groups.len()` gid_t values from the
+    // buffer of `plan.groups`, allocated before fork and alive until exec (none
+    // when empty, so the dangling pointer of an empty Vec is never read). In the
+    // child, glibc's fork() has reset its thread list and the lock guarding it,
+    // so its set*id broadcast reaches only this, the only thread (std's
+    // Command makes the same calls after fork).
+    if unsafe { libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Setgroups) };
     }
-    if libc::setresgid(plan.gid, plan.gid, plan.gid) != 0 {
-        fail(err, Step::Setgid);
+    // SAFETY: setresgid takes only integers; single-threaded child, as for
+    // setgroups above.
+    if unsafe { libc::setresgid(plan.gid, plan.gid, plan.gid) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Setgid) };
     }
-    if libc::setresuid(plan.uid, plan.uid, plan.uid) != 0 {
-        fail(err, Step::Setuid);
+    // SAFETY: setresuid takes only integers; single-threaded child, as for
+    // setgroups above.
+    if unsafe { libc::setresuid(plan.uid, plan.uid, plan.uid) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Setuid) };
     }
     // 9. Empty effective, permitted and inheritable sets (matters for an
     // allow_root agent; for others setuid already cleared them).
@@ -327,44 +402,76 @@ unsafe fn child_after_fork(
         pid: 0,
     };
     let data = [CapData::default(); 2];
-    if libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) != 0 {
-        fail(err, Step::ClearCaps);
+    // SAFETY: raw capset(2) in the forked child. `hdr` is a live, exclusively
+    // borrowed #[repr(C)] header (the kernel may write back its version, hence
+    // *mut), and `data` is a live array of the two #[repr(C)] CapData structs
+    // that version 3 reads. Both are locals that outlive the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::ClearCaps) };
     }
     // 10. No privilege gain through setuid binaries or file capabilities.
-    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-        fail(err, Step::NoNewPrivs);
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) is a raw syscall taking only
+    // integers; it touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::NoNewPrivs) };
     }
-    if libc::chdir(plan.cwd.as_ptr()) != 0 {
-        fail(err, Step::Chdir);
+    // SAFETY: async-signal-safe chdir(2); `plan.cwd` is a NUL-terminated
+    // CString allocated before fork and alive until exec.
+    if unsafe { libc::chdir(plan.cwd.as_ptr()) } != 0 {
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::Chdir) };
     }
     // 10b. Brokered mode: Landlock, then seccomp (both need no_new_privs,
     // set above); nothing after this needs a denied call.
     if let Some(p) = &plan.confine {
+        // `raw` only copies the ruleset's fd number and the filter's pointer and
+        // length out of `p`: no allocation, so it is fine after fork.
         let raw = p.raw();
-        if let Err((step, errno)) = crate::sys::confine::apply_in_child(&raw) {
-            *libc::__errno_location() = errno;
-            fail(
-                err,
-                match step {
-                    crate::sys::confine::ConfineStep::Landlock => Step::Landlock,
-                    crate::sys::confine::ConfineStep::Seccomp => Step::Seccomp,
-                },
-            );
+        // SAFETY: we are the single-threaded forked child and no_new_privs is
+        // set (step 10); `raw` borrows the ruleset fd and filter of `p`, which
+        // `plan` keeps alive until exec.
+        if let Err((step, errno)) = unsafe { crate::sys::confine::apply_in_child(&raw) } {
+            // SAFETY: errno is thread-local and its location is valid for the
+            // calling thread (the child's only one); `fail` reports it.
+            unsafe { *libc::__errno_location() = errno };
+            // SAFETY: forked child, `err` is the error pipe (see above).
+            unsafe {
+                fail(
+                    err,
+                    match step {
+                        crate::sys::confine::ConfineStep::Landlock => Step::Landlock,
+                        crate::sys::confine::ConfineStep::Seccomp => Step::Seccomp,
+                    },
+                )
+            };
         }
     }
     // 11. No inherited descriptors: mark everything from 3 up close-on-exec
     // (the error pipe already is, so it closes exactly at a successful exec).
-    if libc::syscall(
-        libc::SYS_close_range,
-        3u32,
-        u32::MAX,
-        libc::CLOSE_RANGE_CLOEXEC,
-    ) != 0
+    // SAFETY: raw close_range(2) taking only integers; with
+    // CLOSE_RANGE_CLOEXEC it closes nothing now, so no descriptor `plan` still
+    // owns is invalidated before exec.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } != 0
     {
-        fail(err, Step::CloseFds);
+        // SAFETY: forked child, `err` is the error pipe (see above).
+        unsafe { fail(err, Step::CloseFds) };
     }
-    libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(err, Step::Exec)
+    // SAFETY: async-signal-safe execve(2). `plan.path` is a NUL-terminated
+    // CString, and `argv`/`envp` are NULL-terminated arrays of pointers into
+    // CStrings of `plan`, all built before fork and alive here (execve only
+    // returns on failure).
+    unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    // SAFETY: forked child, `err` is the error pipe (see above).
+    unsafe { fail(err, Step::Exec) }
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;

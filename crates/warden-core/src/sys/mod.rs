@@ -1,6 +1,8 @@
 //! The only module with `unsafe`: fork/exec of agents, and the few raw calls
 //! that nix does not wrap. Every block states the invariant it relies on.
 #![deny(clippy::undocumented_unsafe_blocks)]
+// Each raw call inside an `unsafe fn` needs its own block and SAFETY note.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod confine;
 pub mod exec;
@@ -8,6 +10,16 @@ pub mod fsattr;
 pub mod watchdog;
 
 use std::os::fd::OwnedFd;
+
+/// The calling thread's errno. Async-signal-safe (a thread-local load), so the
+/// forked child may use it.
+#[inline]
+pub(crate) fn errno() -> i32 {
+    // SAFETY: __errno_location returns the address of the calling thread's
+    // errno, which is thread-local, aligned and valid for as long as the
+    // thread lives; reading it is a plain load (no lock, no allocation).
+    unsafe { *libc::__errno_location() }
+}
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
 pub fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {

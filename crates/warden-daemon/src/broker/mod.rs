@@ -85,4 +85,4 @@ pub fn load_registry(
 }
 
 /// Milliseconds since the Unix epoch, the broker's clock (the daemon's).
-pub use warden_core::evidence::now_ms;
+pub use warden_core::clock::now_ms;

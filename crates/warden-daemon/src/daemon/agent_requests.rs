@@ -21,7 +21,7 @@ impl Daemon {
         let resp = match &c.request {
             AgentRequest::Heartbeat => match s.heartbeat.as_mut() {
                 Some(h) => {
-                    let token = h.beat(warden_core::evidence::now_ms());
+                    let token = h.beat(warden_core::clock::now_ms());
                     AgentResponse::ok(json!({"token": token}))
                 }
                 None => AgentResponse::ok(

@@ -126,6 +126,7 @@ impl Daemon {
             Mode::Safe(l) => Some(format!("SAFE MODE ({})", l.reason)),
             Mode::ShuttingDown => Some("daemon is shutting down".into()),
             Mode::Running if self.stop.present() => Some("stop file present".into()),
+            Mode::Running if self.kernel.is_none() => Some("no safety kernel".into()),
             Mode::Running => None,
         };
         if let Some(why) = refuse {
@@ -172,7 +173,7 @@ impl Daemon {
                                 name,
                                 c,
                                 self.key.clone(),
-                                warden_core::evidence::now_ms(),
+                                warden_core::clock::now_ms(),
                             )
                         })
                 });
@@ -308,15 +309,16 @@ impl Daemon {
             cgroup: cg.as_ref(),
             log: Some(s.log.clone()),
         }];
-        let (report, evidence) = halt::run(
-            cg.as_ref(),
-            &members,
+        let (report, evidence) = halt::run(&halt::Request {
+            id: None,
+            scope: cg.as_ref(),
+            members: &members,
             trigger,
             reason,
             hard,
-            Instant::now(),
-            self.cfg.empty_deadline.0,
-        );
+            seen_at: Instant::now(),
+            empty_deadline: self.cfg.empty_deadline.0,
+        });
         if let Some(p) = s.machine.state.pid() {
             reap_pid(p, true);
         }
@@ -397,14 +399,14 @@ impl Daemon {
             }
         }
         self.broker.reap_stragglers();
-        if let Some(g) = self.guard.as_mut() {
-            if !g.alive() {
-                tracing::error!("guard process died");
-                self.guard = None;
-                if !matches!(self.mode, Mode::Safe(_)) {
-                    self.hard_halt("guard", "the guard process died", None, now);
+        match self.kernel.as_mut().map(|k| k.alive()) {
+            Some(true) => {}
+            Some(false) => self.kernel_died(now),
+            // Restarting it failed before: try again on every reap.
+            None => {
+                if let Err(e) = self.start_kernel() {
+                    tracing::error!("cannot restart the safety kernel: {e}");
                 }
-                self.respawn_guard();
             }
         }
     }

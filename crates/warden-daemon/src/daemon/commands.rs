@@ -102,7 +102,7 @@ impl Daemon {
             Request::CredList => Response::ok(json!({"credentials": self.creds.list()})),
             Request::CredRevoke { id, agent } => self.cred_revoke(id, agent, uid),
             Request::Checkin => {
-                let c = self.oversight.checkin(uid, warden_core::evidence::now_ms());
+                let c = self.oversight.checkin(uid, warden_core::clock::now_ms());
                 Response::ok(json!({"checked_in": c, "next_due_ms": self.oversight.due_ms()}))
             }
             Request::Approvals => self.approvals_list(),
@@ -162,6 +162,12 @@ impl Daemon {
         if reason.trim().is_empty() {
             return Response::err(ErrorKind::BadRequest, "resume needs a reason");
         }
+        if self.kernel.is_none() {
+            return Response::err(
+                ErrorKind::Refused,
+                "the safety kernel is not running: agents do not run without it",
+            );
+        }
         if self.stop.present() {
             return Response::err(
                 ErrorKind::Refused,
@@ -193,7 +199,7 @@ impl Daemon {
                     &a,
                     &key,
                     &warden_core::authz::host_id(),
-                    warden_core::evidence::now_ms(),
+                    warden_core::clock::now_ms(),
                 )?;
                 warden_core::authz::consume(
                     &self.cfg.state_dir.join("resume-nonces"),
@@ -237,6 +243,21 @@ impl Daemon {
         }
         if let Err(e) = safemode::clear(&self.cfg.latch_path()) {
             return Response::err(ErrorKind::Failed, format!("cannot clear the latch: {e}"));
+        }
+        // The kernel leaves its halted state only now that the resume is on
+        // record; until it says so, it would kill any agent that starts.
+        if let Some(Err(why)) = self.kernel.as_mut().map(|k| k.resume()) {
+            let _ = safemode::set(&self.cfg.latch_path(), &latch);
+            let _ = self.audit.record(audit_event(
+                "resume_refused",
+                None,
+                Some(uid),
+                json!({"reason": reason, "why": format!("safety kernel: {why}")}),
+            ));
+            return Response::err(
+                ErrorKind::Refused,
+                format!("the safety kernel refused the resume ({why}); still in SAFE MODE"),
+            );
         }
         self.change_mode(ModeEvent::Resumed);
         let names: Vec<String> = self.slots.keys().cloned().collect();

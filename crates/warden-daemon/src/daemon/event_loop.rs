@@ -113,7 +113,10 @@ impl Daemon {
                 return 1;
             }
         };
+        // The kernel's stdout, registered anew whenever a new kernel starts.
+        let mut kernel_async: Option<(i32, tokio::io::unix::AsyncFd<OwnedFd>)> = None;
         enum Wake {
+            Kernel,
             Protect,
             StopFile,
             Term,
@@ -136,9 +139,27 @@ impl Daemon {
             if self.mode == Mode::ShuttingDown && self.all_down() {
                 break;
             }
+            let pid = self.kernel.as_ref().map(|k| k.pid());
+            if kernel_async.as_ref().map(|(p, _)| *p) != pid {
+                kernel_async = self.kernel.as_ref().and_then(|k| {
+                    let fd = k.readable_fd().ok()?;
+                    Some((k.pid(), warden_core::sys::async_readable(fd).ok()?))
+                });
+            }
             let next = self.next_wake();
+            let kernel_readable = async {
+                match &kernel_async {
+                    Some((_, a)) => {
+                        if let Ok(mut g) = a.readable().await {
+                            g.clear_ready();
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             let wake = tokio::select! {
                 biased;
+                _ = kernel_readable => Wake::Kernel,
                 r = stop_async.readable() => {
                     if let Ok(mut g) = r { g.clear_ready(); }
                     Wake::StopFile
@@ -158,6 +179,7 @@ impl Daemon {
             };
             let now = Instant::now();
             match wake {
+                Wake::Kernel => self.kernel_readable(now),
                 Wake::Protect => {
                     if let Some(v) = self.protect.read() {
                         self.breach(
@@ -212,7 +234,8 @@ impl Daemon {
         let now = Instant::now();
         let mut next = (now + Duration::from_secs(1))
             .min(self.next_monitor)
-            .min(self.pinger.next());
+            .min(self.pinger.next())
+            .min(self.next_kernel_beat);
         if let Some(w) = self.broker.next_deadline() {
             next = next.min(w);
         }

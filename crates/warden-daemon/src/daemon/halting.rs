@@ -54,16 +54,28 @@ impl Daemon {
                 })
             })
             .collect();
-        let (report, evidence) = halt::run(
-            scope.as_ref(),
-            &members,
+        // The kernel freezes too (freezing destroys nothing) and takes over
+        // if this ladder does not confirm `empty` in time.
+        let id = halt::new_id();
+        if let Some(k) = self.kernel.as_mut() {
+            k.halt(&id);
+        }
+        let (report, evidence) = halt::run(&halt::Request {
+            id: Some(&id),
+            scope: scope.as_ref(),
+            members: &members,
             trigger,
             reason,
-            true,
-            t0,
-            self.cfg.empty_deadline.0,
-        );
+            hard: true,
+            seen_at: t0,
+            empty_deadline: self.cfg.empty_deadline.0,
+        });
         drop(members);
+        if report.complete() {
+            if let Some(k) = self.kernel.as_mut() {
+                k.empty(&id);
+            }
+        }
         // Latch first: from here on a crash still comes back halted.
         let latch = Latch::new(trigger, reason, Some(report.id.clone()), uid);
         if let Err(e) = safemode::set(&self.cfg.latch_path(), &latch) {

@@ -53,10 +53,14 @@ impl Daemon {
         if reason.trim().is_empty() {
             return Response::err(ErrorKind::BadRequest, "arm needs a reason");
         }
-        match self
-            .twophase
-            .arm(target, levels, reason, uid, evidence::now_ms(), ttl)
-        {
+        match self.twophase.arm(
+            target,
+            levels,
+            reason,
+            uid,
+            warden_core::clock::now_ms(),
+            ttl,
+        ) {
             Ok(a) => {
                 let _ = self.audit.record(audit_event(
                     "kill_armed",
@@ -71,7 +75,7 @@ impl Daemon {
     }
 
     pub(super) fn execute(&mut self, id: &str, uid: u32) -> Response {
-        let auth = match self.twophase.execute(id, uid, evidence::now_ms()) {
+        let auth = match self.twophase.execute(id, uid, warden_core::clock::now_ms()) {
             Ok(a) => a,
             Err(e) => {
                 let _ = self.audit.record(audit_event(
@@ -85,7 +89,7 @@ impl Daemon {
         };
         let mut plan = Plan::new(auth.target.clone(), auth.levels);
         let reason = format!("two-phase kill {}: {}", auth.id, auth.reason);
-        let mut clock = evidence::now_ms;
+        let mut clock = warden_core::clock::now_ms;
         plan.run(
             &mut Levels {
                 d: self,
@@ -105,7 +109,7 @@ impl Daemon {
     }
 
     pub(super) fn disarm(&mut self, id: &str, uid: u32) -> Response {
-        match self.twophase.disarm(id, uid, evidence::now_ms()) {
+        match self.twophase.disarm(id, uid, warden_core::clock::now_ms()) {
             Ok(a) => {
                 let _ = self.audit.record(audit_event(
                     "kill_disarmed",
@@ -141,7 +145,7 @@ impl Actuator for Levels<'_> {
             let creds = self
                 .d
                 .creds
-                .revoke_agent(&name, evidence::now_ms())
+                .revoke_agent(&name, warden_core::clock::now_ms())
                 .map_err(|e| e.to_string())?;
             revoked += creds.len();
             for c in creds {
@@ -256,7 +260,7 @@ impl Actuator for Levels<'_> {
             halt_id: id.clone(),
             trigger: "two_phase".into(),
             reason: self.reason.into(),
-            captured_at_ms: evidence::now_ms(),
+            captured_at_ms: warden_core::clock::now_ms(),
             host: evidence::hostname(),
             agents,
             capture_us: 0,
@@ -387,14 +391,16 @@ impl Daemon {
             Ok(i) => i,
             Err(e) => return Response::err(ErrorKind::Failed, e.to_string()),
         };
-        let (info, secret) =
-            match self
-                .creds
-                .issue(agent, kind, name, revoke_command, evidence::now_ms())
-            {
-                Ok(x) => x,
-                Err(e) => return Response::err(ErrorKind::BadRequest, e.to_string()),
-            };
+        let (info, secret) = match self.creds.issue(
+            agent,
+            kind,
+            name,
+            revoke_command,
+            warden_core::clock::now_ms(),
+        ) {
+            Ok(x) => x,
+            Err(e) => return Response::err(ErrorKind::BadRequest, e.to_string()),
+        };
         let dir = self.cfg.credentials_dir.join(agent);
         let delivered = prepare_cred_dir(&dir, id.uid, id.gid)
             .and_then(|_| materialize(&dir, id.uid, id.gid, &[(&info, &secret)]));
@@ -434,7 +440,7 @@ impl Daemon {
         agent: Option<String>,
         uid: u32,
     ) -> Response {
-        let now = evidence::now_ms();
+        let now = warden_core::clock::now_ms();
         let revoked = match (id, agent) {
             (Some(id), None) => self.creds.revoke(&id, now).map(|i| vec![i]),
             (None, Some(agent)) => self

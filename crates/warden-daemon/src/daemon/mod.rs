@@ -15,7 +15,6 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::agent_socket::AgentCommand;
-use crate::guard::Guard;
 use crate::killswitch::heartbeat::HeartbeatWatch;
 use crate::killswitch::oversight::OversightWatch;
 use crate::monitor::{AgentWatch, Reading, Thresholds};
@@ -36,6 +35,7 @@ mod commands;
 mod event_loop;
 mod fleet;
 mod halting;
+mod kernel;
 mod kills;
 mod mode;
 mod monitoring;
@@ -139,7 +139,10 @@ pub struct Daemon {
     slots: BTreeMap<String, AgentRecord>,
     mode: Mode,
     last_halt: Option<halt::Report>,
-    guard: Option<Guard>,
+    /// The safety kernel; None while it is being restarted (no agent runs).
+    kernel: Option<crate::kernel_link::Kernel>,
+    /// When the kernel expects the next heartbeat.
+    next_kernel_beat: Instant,
     started: Instant,
     /// Held for the daemon's lifetime: one instance per state directory.
     _lock: nix::fcntl::Flock<std::fs::File>,

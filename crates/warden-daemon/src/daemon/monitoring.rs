@@ -7,7 +7,6 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::*;
-use crate::guard::Guard;
 use crate::monitor::{self, Breach};
 use warden_core::cgroup;
 use warden_core::halt::{self};
@@ -45,13 +44,20 @@ impl Daemon {
             if let Some(b) = self.check_oversight() {
                 self.breach(b, now);
             }
-            if let Err(e) = self.twophase.expire(warden_core::evidence::now_ms()) {
+            if let Err(e) = self.twophase.expire(warden_core::clock::now_ms()) {
                 tracing::error!("cannot persist expired kill authorizations: {e}");
             }
         }
         // Parked approval waits every turn; request expiry with the monitors.
         self.broker_tick(now, monitor_due);
         self.fleet_tick(now);
+        if self.kernel.is_some() && now >= self.next_kernel_beat {
+            let failing = self.health().failing();
+            let why = (!failing.is_empty()).then(|| failing.join(","));
+            if let Some(k) = self.kernel.as_mut() {
+                self.next_kernel_beat = k.beat(why.as_deref(), now);
+            }
+        }
         if now >= self.pinger.next() {
             let health = self.health();
             self.pinger.tick(health, now);
@@ -85,15 +91,16 @@ impl Daemon {
         if self.pending_survivors {
             let scope = self.cg.agents();
             if scope.populated().unwrap_or(true) {
-                let (report, evidence) = halt::run(
-                    scope.as_ref(),
-                    &[],
-                    "retry",
-                    "survivors of an earlier halt",
-                    true,
-                    now,
-                    self.cfg.empty_deadline.0,
-                );
+                let (report, evidence) = halt::run(&halt::Request {
+                    id: None,
+                    scope: scope.as_ref(),
+                    members: &[],
+                    trigger: "retry",
+                    reason: "survivors of an earlier halt",
+                    hard: true,
+                    seen_at: now,
+                    empty_deadline: self.cfg.empty_deadline.0,
+                });
                 self.pending_survivors = !report.complete();
                 self.seal_halt(&report, &evidence, None);
             } else {
@@ -191,7 +198,7 @@ impl Daemon {
         if matches!(self.mode, Mode::Safe(_)) {
             return Vec::new();
         }
-        let now_ms = warden_core::evidence::now_ms();
+        let now_ms = warden_core::clock::now_ms();
         self.slots
             .iter()
             .filter(|(_, s)| matches!(s.machine.state, State::Running { .. }) && !s.frozen)
@@ -209,7 +216,7 @@ impl Daemon {
         if matches!(self.mode, Mode::Safe(_)) {
             return None;
         }
-        self.oversight.check(warden_core::evidence::now_ms())
+        self.oversight.check(warden_core::clock::now_ms())
     }
 
     /// Every health check that gates the watchdog pings.
@@ -220,20 +227,7 @@ impl Daemon {
             audit: self.audit.healthy(),
             cgroupfs: self.cg.agents().populated().is_ok(),
             protect_watch: true,
-        }
-    }
-
-    pub(super) fn respawn_guard(&mut self) {
-        match std::fs::read_link("/proc/self/exe").and_then(|exe| {
-            Guard::spawn(
-                &exe,
-                &self.cfg.cgroup_mount,
-                self.cg.root(),
-                &self.cfg.latch_path(),
-            )
-        }) {
-            Ok(g) => self.guard = Some(g),
-            Err(e) => tracing::error!("cannot restart guard: {e}"),
+            kernel: self.kernel.is_some(),
         }
     }
 

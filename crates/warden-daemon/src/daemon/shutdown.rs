@@ -41,16 +41,22 @@ impl Daemon {
         if self.cg.agents().populated().unwrap_or(false) {
             let t0 = Instant::now();
             let scope = self.cg.agents();
-            let (report, evidence) = halt::run(
-                scope.as_ref(),
-                &[],
-                "exit",
-                "daemon exiting",
-                true,
-                t0,
-                self.cfg.empty_deadline.0,
-            );
+            let (report, evidence) = halt::run(&halt::Request {
+                id: None,
+                scope: scope.as_ref(),
+                members: &[],
+                trigger: "exit",
+                reason: "daemon exiting",
+                hard: true,
+                seen_at: t0,
+                empty_deadline: self.cfg.empty_deadline.0,
+            });
             self.seal_halt(&report, &evidence, None);
+        }
+        // The kernel checks the agents' cgroups empty itself, so it hears
+        // `clean` while they still exist.
+        if let Some(k) = self.kernel.take() {
+            k.finish_clean();
         }
         for s in self.slots.values_mut() {
             if let Some(c) = s.cgroup.take() {
@@ -75,9 +81,6 @@ impl Daemon {
         let _ = self.audit.checkpoint();
         if let Err(e) = safemode::mark_clean_exit(&self.cfg.clean_marker_path()) {
             tracing::error!("cannot mark clean exit: {e}");
-        }
-        if let Some(g) = self.guard.take() {
-            g.finish_clean();
         }
         if let Some(h) = self.pinger.hardware.take() {
             h.close_orderly();

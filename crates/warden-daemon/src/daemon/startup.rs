@@ -10,7 +10,6 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::*;
-use crate::guard::Guard;
 use crate::killswitch::oversight::OversightWatch;
 use crate::monitor::{AgentWatch, Thresholds};
 use warden_core::audit::{self, Audit};
@@ -195,7 +194,7 @@ impl Daemon {
             })?;
         let oversight = OversightWatch::new(
             cfg.oversight_timeout.map(|d| d.0),
-            warden_core::evidence::now_ms(),
+            warden_core::clock::now_ms(),
         );
         let ks_dir = cfg.state_dir.join("killswitch");
         make_dir(&ks_dir, 0o700)?;
@@ -233,7 +232,8 @@ impl Daemon {
             stop,
             slots,
             last_halt: None,
-            guard: None,
+            kernel: None,
+            next_kernel_beat: Instant::now(),
             started: Instant::now(),
             _lock: lock,
             pending_survivors: false,
@@ -291,12 +291,14 @@ impl Daemon {
                 d.dispatch(&n, Event::Halted);
             }
         }
-        let exe = std::fs::read_link("/proc/self/exe")
-            .map_err(io_err("cannot read", Path::new("/proc/self/exe")))?;
-        d.guard = Some(
-            Guard::spawn(&exe, &d.cfg.cgroup_mount, d.cg.root(), &d.cfg.latch_path())
-                .map_err(io_err("cannot start guard", &exe))?,
-        );
+        // Halts the kernel carried out while no daemon listened.
+        kernel::make_report_dir(&d.kernel_report_dir())?;
+        d.import_kernel_reports();
+        d.start_kernel().map_err(|e| DaemonError::Io {
+            what: "cannot start the safety kernel",
+            path: PathBuf::from("/proc/self/exe"),
+            source: std::io::Error::other(e),
+        })?;
         Ok(d)
     }
 
@@ -314,15 +316,16 @@ impl Daemon {
             })
             .collect();
         let agents = self.cg.agents();
-        let (report, evidence) = halt::run(
-            agents.as_ref(),
-            &members,
-            "startup",
-            "leftover agent cgroups from an earlier run",
-            true,
-            Instant::now(),
-            self.cfg.empty_deadline.0,
-        );
+        let (report, evidence) = halt::run(&halt::Request {
+            id: None,
+            scope: agents.as_ref(),
+            members: &members,
+            trigger: "startup",
+            reason: "leftover agent cgroups from an earlier run",
+            hard: true,
+            seen_at: Instant::now(),
+            empty_deadline: self.cfg.empty_deadline.0,
+        });
         for (_, c) in &cgs {
             if let Err(e) = c.remove() {
                 tracing::warn!("{e}");

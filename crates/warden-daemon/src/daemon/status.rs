@@ -76,7 +76,7 @@ impl Daemon {
                 "stop_file": self.cfg.stop_file,
                 "stop_file_present": self.stop.present(),
                 "stop_file_watch": self.stop.watch_alive,
-                "guard_pid": self.guard.as_ref().map(|g| g.pid()),
+                "kernel_pid": self.kernel.as_ref().map(|k| k.pid()),
                 "audit_healthy": self.audit.healthy(),
                 "config": self.opts.config_path,
             },

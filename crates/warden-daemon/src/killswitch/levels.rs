@@ -334,58 +334,58 @@ mod tests {
     use super::super::twophase::Target;
     use super::*;
 
-    fn r(s: &str) -> Result<LevelRange, LevelError> {
+    fn range(s: &str) -> Result<LevelRange, LevelError> {
         s.parse()
     }
 
     #[test]
     fn parses_ranges_single_levels_and_lists() {
         assert_eq!(
-            r("1-3").unwrap(),
+            range("1-3").unwrap(),
             LevelRange::new(Level::RevokeCredentials, Level::Freeze).unwrap()
         );
         assert_eq!(
-            r("2").unwrap(),
+            range("2").unwrap(),
             LevelRange::new(Level::CutNetwork, Level::CutNetwork).unwrap()
         );
-        assert_eq!(r("1,2,3").unwrap(), r("1-3").unwrap());
-        assert_eq!(r(" 3 - 4 ").unwrap().to_string(), "3-4");
-        assert_eq!(r("4").unwrap().to_string(), "4");
-        assert_eq!(r("1-4").unwrap(), LevelRange::full());
+        assert_eq!(range("1,2,3").unwrap(), range("1-3").unwrap());
+        assert_eq!(range(" 3 - 4 ").unwrap().to_string(), "3-4");
+        assert_eq!(range("4").unwrap().to_string(), "4");
+        assert_eq!(range("1-4").unwrap(), LevelRange::full());
     }
 
     #[test]
     fn refuses_bad_levels() {
-        assert!(matches!(r(""), Err(LevelError::Empty(_))));
-        assert!(matches!(r("0"), Err(LevelError::NotALevel { .. })));
-        assert!(matches!(r("5"), Err(LevelError::NotALevel { .. })));
-        assert!(matches!(r("1-5"), Err(LevelError::NotALevel { .. })));
-        assert!(matches!(r("x"), Err(LevelError::NotALevel { .. })));
-        assert!(matches!(r("1,,2"), Err(LevelError::NotALevel { .. })));
-        assert!(matches!(r("3-1"), Err(LevelError::NotContiguous(_))));
-        assert!(matches!(r("1,3"), Err(LevelError::NotContiguous(_))));
-        assert!(matches!(r("2,1"), Err(LevelError::NotContiguous(_))));
-        assert!(matches!(r("1,1"), Err(LevelError::NotContiguous(_))));
+        assert!(matches!(range(""), Err(LevelError::Empty(_))));
+        assert!(matches!(range("0"), Err(LevelError::NotALevel { .. })));
+        assert!(matches!(range("5"), Err(LevelError::NotALevel { .. })));
+        assert!(matches!(range("1-5"), Err(LevelError::NotALevel { .. })));
+        assert!(matches!(range("x"), Err(LevelError::NotALevel { .. })));
+        assert!(matches!(range("1,,2"), Err(LevelError::NotALevel { .. })));
+        assert!(matches!(range("3-1"), Err(LevelError::NotContiguous(_))));
+        assert!(matches!(range("1,3"), Err(LevelError::NotContiguous(_))));
+        assert!(matches!(range("2,1"), Err(LevelError::NotContiguous(_))));
+        assert!(matches!(range("1,1"), Err(LevelError::NotContiguous(_))));
     }
 
     #[test]
     fn serde_uses_the_text_form() {
-        let v = serde_json::to_value(r("1-3").unwrap()).unwrap();
+        let v = serde_json::to_value(range("1-3").unwrap()).unwrap();
         assert_eq!(v, serde_json::json!("1-3"));
         let back: LevelRange = serde_json::from_value(v).unwrap();
-        assert_eq!(back, r("1-3").unwrap());
+        assert_eq!(back, range("1-3").unwrap());
         assert!(serde_json::from_value::<LevelRange>(serde_json::json!("1,3")).is_err());
     }
 
     #[test]
     fn evidence_comes_before_the_first_destructive_level() {
-        assert_eq!(r("1-3").unwrap().first_destructive_level(), None);
+        assert_eq!(range("1-3").unwrap().first_destructive_level(), None);
         assert_eq!(
-            r("1-4").unwrap().first_destructive_level(),
+            range("1-4").unwrap().first_destructive_level(),
             Some(Level::Kill)
         );
         let actions = |s: &str| {
-            Plan::new(Target::All, r(s).unwrap())
+            Plan::new(Target::All, range(s).unwrap())
                 .steps
                 .iter()
                 .map(|s| s.action)
