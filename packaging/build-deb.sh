@@ -30,6 +30,7 @@ install -D -m 0755 "$WARDEN_BIN" "$stage/usr/bin/warden"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage/usr/bin/warden"
 install -D -m 0644 systemd/warden.service "$stage/lib/systemd/system/warden.service"
 install -D -m 0644 systemd/warden-web.service "$stage/lib/systemd/system/warden-web.service"
+install -D -m 0644 systemd/warden-fleet.service "$stage/lib/systemd/system/warden-fleet.service"
 install -D -m 0644 udev/60-warden-watchdog.rules "$stage/lib/udev/rules.d/60-warden-watchdog.rules"
 install -D -m 0644 packaging/warden.tmpfiles "$stage/usr/lib/tmpfiles.d/warden.conf"
 # 0640: agents' `env` tables may hold secrets (the daemon refuses a

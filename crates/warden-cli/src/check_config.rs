@@ -46,6 +46,20 @@ pub fn run(socket: &std::path::Path, a: Args) -> i32 {
             }
         }
     }
+    if c.fleet.is_some() {
+        match warden_fleet::config::Settings::load(&a.file) {
+            Ok(s) => println!(
+                "[fleet]: ok, node {} on {} (lease_ttl {:?})",
+                s.node,
+                s.fleet.endpoints.join(","),
+                s.fleet.lease_ttl
+            ),
+            Err(e) => {
+                eprintln!("warden: {e}");
+                return super::exit::CONFIG;
+            }
+        }
+    }
     if let Some(t) = &c.tools {
         match warden_daemon::broker::load_registry(&c, t) {
             Ok((r, _)) => println!("{}: ok, {} tool(s)", t.display(), r.len()),

@@ -22,6 +22,7 @@ mod cred;
 mod daemon;
 mod demo;
 pub mod demo_config;
+mod fleet;
 mod halt;
 pub mod key;
 mod lifecycle;
@@ -127,6 +128,9 @@ pub enum Verb {
     /// Case packs: export a halt's evidence and audit slice, verify anywhere.
     #[command(subcommand)]
     Casepack(casepack::CasepackCommand),
+    /// The fleet: halt every host through etcd, status, resume (crates/warden-fleet).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// warden's signing key.
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -196,5 +200,6 @@ pub fn main() -> i32 {
         Verb::Keygen(a) => authorize::keygen(a),
         Verb::Web(a) => web::run(a),
         Verb::Token(c) => token::run(&socket, c),
+        Verb::Fleet(c) => fleet::run(cli.socket.as_deref(), c),
     }
 }

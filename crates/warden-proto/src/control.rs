@@ -210,6 +210,28 @@ pub enum Request {
     TokenRevoke {
         name: String,
     },
+    // The fleet bridge (`warden fleet run`, crates/warden-fleet): an
+    // unprivileged control-socket client that relays fleet halts from etcd.
+    /// The fleet process introduces itself; from now on its beats are due.
+    FleetHello {
+        node: String,
+    },
+    /// The fleet process is alive. Not audited (it comes every ~250 ms); the
+    /// answer carries what the fleet publishes for this node.
+    FleetBeat,
+    /// A halt relayed from the fleet: `trigger` is `fleet` (a fleet halt
+    /// record, `epoch` names it) or `fleet_partition` (this node lost etcd).
+    FleetHalt {
+        trigger: String,
+        epoch: Option<u64>,
+        reason: String,
+    },
+    /// A fleet event (halt seen, ack, partition, resume) for the audit chain.
+    FleetEvent {
+        kind: String,
+        epoch: Option<u64>,
+        data: serde_json::Value,
+    },
 }
 
 /// Most entries one `audit-tail` answers.
@@ -290,6 +312,7 @@ impl Request {
                 | Request::AuditVerify
                 | Request::Casepack { .. }
                 | Request::TokenList
+                | Request::FleetBeat
         )
     }
 
@@ -328,6 +351,10 @@ impl Request {
             Request::TokenCreate { .. } => "token-create",
             Request::TokenList => "token-list",
             Request::TokenRevoke { .. } => "token-revoke",
+            Request::FleetHello { .. } => "fleet-hello",
+            Request::FleetBeat => "fleet-beat",
+            Request::FleetHalt { .. } => "fleet-halt",
+            Request::FleetEvent { .. } => "fleet-event",
         }
     }
 
@@ -367,7 +394,11 @@ impl Request {
             | Request::Reload { .. }
             | Request::TokenCreate { .. }
             | Request::TokenList
-            | Request::TokenRevoke { .. } => Role::Admin,
+            | Request::TokenRevoke { .. }
+            | Request::FleetHello { .. }
+            | Request::FleetBeat
+            | Request::FleetHalt { .. }
+            | Request::FleetEvent { .. } => Role::Admin,
         }
     }
 }
@@ -459,6 +490,18 @@ mod tests {
                 offset: Some(3),
             },
             Request::Halt { reason: "x".into() },
+            Request::FleetHello { node: "n1".into() },
+            Request::FleetBeat,
+            Request::FleetHalt {
+                trigger: "fleet".into(),
+                epoch: Some(3),
+                reason: "r".into(),
+            },
+            Request::FleetEvent {
+                kind: "ack".into(),
+                epoch: None,
+                data: serde_json::json!({"took_ms": 4}),
+            },
         ] {
             let s = serde_json::to_string(&r).unwrap();
             assert_eq!(parse_request(&s).unwrap(), r);

@@ -423,6 +423,12 @@ pub struct Config {
     /// Time evidence capture may take between freeze and kill (default
     /// 50ms); past it counts replace lists and the evidence says so.
     pub evidence_budget: Option<Dur>,
+    /// The `[fleet]` table, kept opaque: `warden fleet` (the unprivileged
+    /// etcd bridge) reads it with its own strict struct. The daemon only
+    /// needs to know it is there: then the fleet process's liveness is a
+    /// health check, and its silence halts the agents.
+    #[serde(default)]
+    pub fleet: Option<toml::Table>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
     /// `[web]`: read by `warden web` itself (and checked by `warden
@@ -1055,6 +1061,20 @@ restart    = "on-failure"
             "[[agent]]\nname = \"a\"\ncommand = [\"/bin/true\"]\nheartbeat = \"400000000000y\"\n",
         );
         assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn fleet_table_is_accepted_and_kept_opaque() {
+        assert!(parse("").unwrap().fleet.is_none());
+        let c = parse(&format!(
+            "[fleet]\nendpoints = [\"https://e:2379\"]\nwhatever = 1\n{}",
+            GOOD.split_once("[[agent]]")
+                .map(|(_, a)| format!("[[agent]]{a}"))
+                .unwrap()
+        ))
+        .unwrap();
+        assert_eq!(c.fleet.unwrap()["whatever"].as_integer(), Some(1));
+        assert_eq!(c.agents.len(), 1);
     }
 
     #[test]

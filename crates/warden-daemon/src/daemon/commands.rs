@@ -20,6 +20,9 @@ pub(super) fn file_len(p: &Path) -> u64 {
 
 impl Daemon {
     pub(super) fn command(&mut self, c: Command, now: Instant) {
+        let Some(c) = self.fleet_command(c, now) else {
+            return;
+        };
         let req_name = c.request.name();
         let mut data = serde_json::to_value(&c.request).unwrap_or_default();
         // A token being checked is a secret: never into the audit log.
@@ -155,7 +158,17 @@ impl Daemon {
             Request::Resume {
                 reason,
                 authorization,
-            } => self.resume(&reason, authorization, uid),
+            } => {
+                if let Err(r) = self.fleet_may_resume(now) {
+                    return r;
+                }
+                self.resume(&reason, authorization, uid)
+            }
+            Request::FleetHello { node } => self.fleet_hello(node, now),
+            // Answered outside the audit-then-act path (Daemon::fleet_command).
+            Request::FleetBeat | Request::FleetEvent { .. } | Request::FleetHalt { .. } => {
+                Response::err(ErrorKind::Failed, "fleet verb out of place")
+            }
             // `warden web` (daemon/tokens.rs, daemon/web_reads.rs).
             Request::Subscribe { .. } => self.subscribe(),
             Request::Metrics => self.metrics_json(),

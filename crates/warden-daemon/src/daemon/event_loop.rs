@@ -227,6 +227,9 @@ impl Daemon {
         if let Some(w) = self.broker.next_deadline() {
             next = next.min(w);
         }
+        if let Some(w) = self.fleet.next_deadline() {
+            next = next.min(w);
+        }
         for s in self.slots.values() {
             if let Some(w) = s.wake {
                 next = next.min(w);

@@ -33,6 +33,7 @@ mod agents;
 mod broker;
 mod commands;
 mod event_loop;
+mod fleet;
 mod halting;
 mod kernel;
 mod kills;
@@ -202,6 +203,8 @@ pub struct Daemon {
     web_peer: crate::web::tokens::WebPeer,
     /// Halt counters and phase timings for `/metrics`.
     metrics: crate::web::metrics::Metrics,
+    /// The fleet bridge (`warden fleet`): its node and liveness.
+    fleet: fleet::FleetLink,
 }
 
 impl Daemon {

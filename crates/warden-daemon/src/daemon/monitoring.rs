@@ -50,6 +50,7 @@ impl Daemon {
         }
         // Parked approval waits every turn; request expiry with the monitors.
         self.broker_tick(now, monitor_due);
+        self.fleet_tick(now);
         if self.kernel.is_some() && now >= self.next_kernel_beat {
             let failing = self.health().failing();
             let why = (!failing.is_empty()).then(|| failing.join(","));

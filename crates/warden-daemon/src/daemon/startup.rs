@@ -352,6 +352,7 @@ impl Daemon {
             tokens,
             web_peer,
             metrics: Default::default(),
+            fleet: fleet::FleetLink::new(&cfg),
             broker,
             twophase,
             creds,

@@ -93,6 +93,7 @@ impl Daemon {
             },
             "last_halt": self.last_halt,
             "protection": self.protection_json(),
+            "fleet": self.fleet.status_json(std::time::Instant::now()),
         })
     }
 }
