@@ -550,9 +550,9 @@ struct Footprint {
 /// nothing talking to the daemon.
 fn footprint(env: &Env, agents: usize) -> Footprint {
     let daemon = env.daemon_pid();
-    let guard = env.status()["daemon"]["guard_pid"]
+    let guard = env.status()["daemon"]["kernel_pid"]
         .as_i64()
-        .expect("guard_pid in status") as i32;
+        .expect("kernel_pid in status") as i32;
     // Let the status call and the spawns settle.
     std::thread::sleep(Duration::from_secs(2));
     let procs = env.marked_pids().len();
@@ -1169,7 +1169,7 @@ fn report(ws: &[Workload], rs: &[Results], load_start: &str, took: Duration) -> 
         );
         let _ = writeln!(
             o,
-            "| guard (`warden __guard`) | {} KiB | | | | {:.3} % |",
+            "| safety kernel (`warden kernel`) | {} KiB | | | | {:.3} % |",
             f.guard_rss, f.guard_cpu_pct
         );
         if let Some((n, rss, anon)) = f.after {
