@@ -11,7 +11,16 @@ const ALLOWED: &[&str] = &["warden-kernel", "libc", "nix", "bitflags", "cfg-if"]
 fn kernel_links_only_libc_and_nix() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["tree", "-p", "warden-kernel", "-e", "normal", "--prefix", "none", "--offline"])
+        .args([
+            "tree",
+            "-p",
+            "warden-kernel",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
@@ -24,7 +33,10 @@ fn kernel_links_only_libc_and_nix() {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
-    assert!(found.contains("warden-kernel") && found.contains("nix"), "{found:?}");
+    assert!(
+        found.contains("warden-kernel") && found.contains("nix"),
+        "{found:?}"
+    );
     let extra: Vec<&String> = found
         .iter()
         .filter(|c| !ALLOWED.contains(&c.as_str()))
