@@ -2,7 +2,6 @@
 //! froze or killed by itself, audit its reports, and fail closed without it
 //! (docs/kernel.md).
 
-use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
@@ -174,9 +173,4 @@ impl Daemon {
             tracing::error!("cannot restart the safety kernel: {e}; agents stay down");
         }
     }
-}
-
-/// The directory the kernel writes its reports to, created 0700.
-pub(super) fn make_report_dir(dir: &Path) -> Result<(), DaemonError> {
-    make_dir(dir, 0o700)
 }

@@ -433,7 +433,7 @@ impl Daemon {
             }
         }
         // Halts the kernel carried out while no daemon listened.
-        kernel::make_report_dir(&d.kernel_report_dir())?;
+        make_dir(&d.kernel_report_dir(), 0o700)?;
         d.import_kernel_reports();
         d.start_kernel().map_err(|e| DaemonError::Io {
             what: "cannot start the safety kernel",
